@@ -1,0 +1,162 @@
+//! Entropy coders for byte symbol streams.
+//!
+//! Every coder turns a `&[u8]` of symbols into a self-describing stream and back:
+//! [`encode`] writes a one-byte coder id, the symbol count, then the coder's payload;
+//! [`decode`] reads any such stream. Decoders are total: arbitrary bytes give either the
+//! original symbols or [`Error::Corrupt`], never a panic and never an unbounded allocation.
+//!
+//! ```
+//! use deltackpt::entropy::{self, Coder};
+//! let symbols: Vec<u8> = (0..10_000u32).map(|i| if i % 17 == 0 { 3 } else { 0 }).collect();
+//! let blob = entropy::encode(&symbols, Coder::Zstd).unwrap();
+//! assert!(blob.len() < symbols.len() / 10);
+//! assert_eq!(entropy::decode(&blob).unwrap(), symbols);
+//! ```
+
+mod baseline;
+
+use crate::error::{Error, Result};
+
+/// Which coder to use for a symbol stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Coder {
+    /// Pick the smallest representation.
+    Auto,
+    /// Store the bytes as they are.
+    Raw,
+    /// Zstandard (baseline and interoperability coder), level 3.
+    Zstd,
+    /// Deflate (gzip's coder, baseline), level 6.
+    Gzip,
+}
+
+impl Coder {
+    /// Parse a coder name as used by the Python API (`"auto"`, `"raw"`, `"zstd"`, ...).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "auto" => Coder::Auto,
+            "raw" => Coder::Raw,
+            "zstd" => Coder::Zstd,
+            "gzip" => Coder::Gzip,
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown coder {other:?}; expected one of \"auto\", \"raw\", \"zstd\", \"gzip\""
+                )))
+            }
+        })
+    }
+
+    /// The coder's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Coder::Auto => "auto",
+            Coder::Raw => "raw",
+            Coder::Zstd => "zstd",
+            Coder::Gzip => "gzip",
+        }
+    }
+}
+
+/// Stream ids written as the first byte of an encoded stream.
+const ID_RAW: u8 = 0;
+const ID_ZSTD: u8 = 1;
+const ID_GZIP: u8 = 2;
+
+/// Encode `symbols` with `coder` into a self-describing stream.
+pub fn encode(symbols: &[u8], coder: Coder) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_into(symbols, coder, &mut out)?;
+    Ok(out)
+}
+
+/// Encode `symbols` with `coder`, appending the stream to `out`.
+pub fn encode_into(symbols: &[u8], coder: Coder, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    match coder {
+        Coder::Raw => {
+            out.push(ID_RAW);
+            put_len(out, symbols.len());
+            out.extend_from_slice(symbols);
+        }
+        Coder::Zstd => {
+            out.push(ID_ZSTD);
+            put_len(out, symbols.len());
+            baseline::zstd_encode(symbols, 3, out)?;
+        }
+        Coder::Gzip => {
+            out.push(ID_GZIP);
+            put_len(out, symbols.len());
+            baseline::deflate_encode(symbols, 6, out)?;
+        }
+        Coder::Auto => {
+            encode_into(symbols, Coder::Zstd, out)?;
+            if out.len() - start > symbols.len() + 1 + 8 {
+                out.truncate(start);
+                encode_into(symbols, Coder::Raw, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decode a stream written by [`encode`].
+pub fn decode(data: &[u8]) -> Result<Vec<u8>> {
+    let (n, _) = peek_len(data)?;
+    let mut out = try_alloc(n)?;
+    decode_into(data, &mut out)?;
+    Ok(out)
+}
+
+/// Number of symbols a stream declares (validated against nothing but the header).
+pub fn decoded_len(data: &[u8]) -> Result<usize> {
+    peek_len(data).map(|(n, _)| n)
+}
+
+/// Decode a stream into `out`, whose length must equal the stream's symbol count.
+pub fn decode_into(data: &[u8], out: &mut [u8]) -> Result<()> {
+    let (n, body) = peek_len(data)?;
+    if n != out.len() {
+        return Err(Error::corrupt(format!(
+            "symbol stream holds {n} symbols where {} were expected",
+            out.len()
+        )));
+    }
+    match data[0] {
+        ID_RAW => {
+            if body.len() != n {
+                return Err(Error::corrupt("raw symbol stream has the wrong length"));
+            }
+            out.copy_from_slice(body);
+            Ok(())
+        }
+        ID_ZSTD => baseline::zstd_decode(body, out),
+        ID_GZIP => baseline::deflate_decode(body, out),
+        id => Err(Error::Unsupported(format!(
+            "unknown symbol coder id {id}; this stream was written by a newer deltackpt"
+        ))),
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+}
+
+fn peek_len(data: &[u8]) -> Result<(usize, &[u8])> {
+    if data.len() < 9 {
+        return Err(Error::corrupt("symbol stream shorter than its 9-byte header"));
+    }
+    let n = u64::from_le_bytes(data[1..9].try_into().unwrap());
+    let n = usize::try_from(n).map_err(|_| Error::corrupt("symbol count exceeds address space"))?;
+    Ok((n, &data[9..]))
+}
+
+/// Allocate a zeroed buffer of `n` bytes, failing with [`Error::Corrupt`] rather than
+/// aborting when a forged header asks for more memory than there is.
+pub(crate) fn try_alloc(n: usize) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::corrupt(format!("stream declares {n} symbols, more than memory allows"))
+    })?;
+    v.resize(n, 0);
+    Ok(v)
+}

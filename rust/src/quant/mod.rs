@@ -1,0 +1,1 @@
+//! Quantizers: map floats to small integer symbols plus the tables needed to map them back.
