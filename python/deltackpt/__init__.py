@@ -1,0 +1,36 @@
+"""deltackpt: compressed, crash-safe, branchable training checkpoints on a Rust core.
+
+>>> import numpy as np, deltackpt as dk
+>>> x = np.linspace(-1, 1, 1000, dtype=np.float32)
+>>> bool((dk.decode(dk.encode(x, quantizer="none")) == x).all())
+True
+"""
+
+from __future__ import annotations
+
+from . import codec, quant
+from ._api import decode, encode, inspect
+from ._core import __version__
+from .errors import (
+    CorruptDataError,
+    DeltackptError,
+    InvalidArgumentError,
+    NonFiniteError,
+    ReferenceMismatchError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "__version__",
+    "encode",
+    "decode",
+    "inspect",
+    "codec",
+    "quant",
+    "DeltackptError",
+    "CorruptDataError",
+    "UnsupportedError",
+    "NonFiniteError",
+    "ReferenceMismatchError",
+    "InvalidArgumentError",
+]
