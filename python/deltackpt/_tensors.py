@@ -27,8 +27,8 @@ def _torch() -> Any:
 def is_torch(x: Any) -> bool:
     """True when `x` is a torch tensor (without importing torch unless it is loaded)."""
     t = type(x)
-    return t.__module__.startswith("torch") and _torch() is not None and isinstance(
-        x, _torch().Tensor
+    return (
+        t.__module__.startswith("torch") and _torch() is not None and isinstance(x, _torch().Tensor)
     )
 
 
@@ -114,12 +114,6 @@ def from_raw(
     want_torch = like.tag == TAG_TORCH if like is not None else tag == TAG_TORCH
     torch = _torch() if want_torch else None
     if torch is not None:
-        tdt = {
-            "float32": torch.float32,
-            "float64": torch.float64,
-            "float16": torch.float16,
-            "bfloat16": torch.bfloat16,
-        }[dtype]
         if dtype == "bfloat16":
             t = torch.from_numpy(data.view(np.int16)).view(torch.bfloat16)
         else:
