@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import deltackpt as dk
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-import deltackpt as dk
 
 CODERS = ["auto", "raw", "zstd", "gzip"]
 
@@ -33,7 +32,5 @@ def test_edge_streams(coder):
 
 def test_skewed_stream_compresses():
     rng = np.random.default_rng(1)
-    s = (rng.random(200_000) < 0.03).astype(np.uint8) * rng.integers(1, 8, 200_000).astype(
-        np.uint8
-    )
+    s = (rng.random(200_000) < 0.03).astype(np.uint8) * rng.integers(1, 8, 200_000).astype(np.uint8)
     assert len(dk.codec.encode(s, "auto")) < len(s) // 4
