@@ -45,6 +45,7 @@ def demo(quiet: bool = False) -> int:
     flat = np.concatenate([w.reshape(-1) for w in weights.values() if w.dtype == np.float32])
     bf16 = torch.from_numpy(flat).to(torch.bfloat16)
     lines = [header]
+    zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
     for name, x in [("MiniLM fp32, lossless", flat), ("MiniLM bf16, lossless", bf16)]:
         raw = x.numel() * x.element_size() if isinstance(x, torch.Tensor) else x.nbytes
         secs, blob = _timed(lambda x=x: _api.encode(x, quantizer="none"))
@@ -59,7 +60,6 @@ def demo(quiet: bool = False) -> int:
             return 1
         lines.append(_row(name, raw, len(blob), secs, dsecs))
         rb = x.view(torch.int16).numpy().tobytes() if isinstance(x, torch.Tensor) else x.tobytes()
-        zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
         zsecs, z = _timed(lambda rb=rb: zc.compress(rb))
         zdsecs, _ = _timed(lambda z=z: zd.decompress(z))
         lines.append(_row(name.replace("lossless", "zstd -3"), raw, len(z), zsecs, zdsecs))
@@ -81,7 +81,6 @@ def demo(quiet: bool = False) -> int:
         print("error: lossy error exceeds the delta", file=sys.stderr)
         return 1
     lines.append(_row("LeNet-5 step delta, 3-bit exponent", raw, len(blob), secs, dsecs))
-    zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
     db = (after - before).numpy().tobytes()
     zsecs, z = _timed(lambda: zc.compress(db))
     zdsecs, _ = _timed(lambda: zd.decompress(z))

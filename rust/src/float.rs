@@ -169,7 +169,10 @@ pub fn split_planes(size: usize, bytes: &[u8], xor: Option<&[u8]>, planes: &mut 
             let [p0, p1, p2, p3] = planes else {
                 unreachable!("four planes")
             };
-            let outs = p0.iter_mut().zip(p1.iter_mut()).zip(p2.iter_mut().zip(p3.iter_mut()));
+            let outs = p0
+                .iter_mut()
+                .zip(p1.iter_mut())
+                .zip(p2.iter_mut().zip(p3.iter_mut()));
             for (i, ((a, b), (c, d))) in outs.enumerate() {
                 let mut v = u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
                 if let Some(r) = xor {

@@ -73,7 +73,9 @@ proptest! {
 
 #[test]
 fn truncation_and_flips_are_corrupt() {
-    let bytes: Vec<u8> = (0..1000u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let bytes: Vec<u8> = (0..1000u32)
+        .flat_map(|i| (i as f32).to_le_bytes())
+        .collect();
     let x = Tensor {
         dtype: DType::F32,
         shape: &[1000],
