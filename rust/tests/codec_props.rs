@@ -97,7 +97,7 @@ fn truncation_and_flips_are_corrupt() {
 
 #[test]
 fn non_finite_names_the_first_index() {
-    let mut v = vec![1.0f32; 10];
+    let mut v = [1.0f32; 10];
     v[6] = f32::NAN;
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     let x = Tensor {
