@@ -1,0 +1,1 @@
+//! Lattice quantization (work in progress).
