@@ -39,7 +39,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_finite, round_even, Real};
+use super::{check_finite, clamp, round_even, Real};
 use crate::error::{Error, Result};
 
 /// Largest supported block dimension.
@@ -271,7 +271,7 @@ impl<const N: usize> Kernel<N> {
             for k in 0..N {
                 d += r[k] * self.w[j][k];
             }
-            let (c, ci) = round_even(d.max(self.lo).min(self.hi));
+            let (c, ci) = round_even(clamp(d, self.lo, self.hi));
             codes[j] = ci;
             for k in 0..N {
                 r[k] -= c * self.b[j][k];
@@ -303,7 +303,7 @@ impl<const N: usize> Kernel<N> {
             }
             let mut c = [0.0f64; LANES];
             for l in 0..LANES {
-                let u = d[l].max(self.lo).min(self.hi);
+                let u = clamp(d[l], self.lo, self.hi);
                 (c[l], codes[j][l]) = round_even(u);
             }
             for k in 0..N {

@@ -86,6 +86,18 @@ pub(crate) fn check_finite<T: Real>(x: &[T], context: &str) -> Result<()> {
 /// ties to even, with plain additions (no libm call, vectorizes on baseline x86-64).
 const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
 
+/// Clamp `v` to `[lo, hi]` with plain comparisons (inputs are never NaN here, so this is
+/// `v.max(lo).min(hi)` without the NaN handling, which costs extra instructions).
+#[inline(always)]
+pub(crate) fn clamp(v: f64, lo: f64, hi: f64) -> f64 {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
 /// Round `v` (|v| < 2^31 after the caller's clamp) to the nearest integer, ties to even.
 /// Returns the integer both as `f64` and as `i32`.
 #[inline(always)]

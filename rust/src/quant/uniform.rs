@@ -31,7 +31,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_finite, round_even, Real};
+use super::{check_finite, clamp, round_even, Real};
 use crate::error::{Error, Result};
 
 /// Inputs at least this long are processed in parallel chunks.
@@ -124,15 +124,17 @@ fn min_max<T: Real>(x: &[T]) -> (f64, f64) {
         (lo, hi)
     }
     let (lo, hi) = if x.len() >= PAR_MIN {
-        x.par_chunks(CHUNK)
-            .map(serial)
-            .reduce_with(|a, b| {
-                (
-                    if b.0 < a.0 { b.0 } else { a.0 },
-                    if b.1 > a.1 { b.1 } else { a.1 },
-                )
-            })
-            .unwrap_or((x[0], x[0]))
+        crate::parallel::install(|| {
+            x.par_chunks(CHUNK)
+                .map(serial)
+                .reduce_with(|a, b| {
+                    (
+                        if b.0 < a.0 { b.0 } else { a.0 },
+                        if b.1 > a.1 { b.1 } else { a.1 },
+                    )
+                })
+                .unwrap_or((x[0], x[0]))
+        })
     } else {
         serial(x)
     };
@@ -253,12 +255,12 @@ impl Kernel {
         let k = *self;
         if k.divide {
             for (o, &v) in out.iter_mut().zip(x) {
-                *o = round_even((v.to_f64() / k.scale + k.zp).max(k.lo).min(k.hi)).1;
+                *o = round_even(clamp(v.to_f64() / k.scale + k.zp, k.lo, k.hi)).1;
             }
         } else {
             // Same arithmetic as Babai on the cubic lattice: x·(1/scale) (+ zero point).
             for (o, &v) in out.iter_mut().zip(x) {
-                *o = round_even((v.to_f64() * k.inv + k.zp).max(k.lo).min(k.hi)).1;
+                *o = round_even(clamp(v.to_f64() * k.inv + k.zp, k.lo, k.hi)).1;
             }
         }
     }
@@ -276,6 +278,11 @@ impl Kernel {
 pub fn quantize_with<T: Real>(x: &[T], params: &UniformParams) -> Result<Vec<i32>> {
     params.validate()?;
     check_finite(x, "")?;
+    Ok(quantize_checked(x, params))
+}
+
+/// [`quantize_with`] on input already checked to be finite, with valid parameters.
+fn quantize_checked<T: Real>(x: &[T], params: &UniformParams) -> Vec<i32> {
     let k = Kernel::new(params);
     let mut out = vec![0i32; x.len()];
     if x.len() >= PAR_MIN {
@@ -287,7 +294,7 @@ pub fn quantize_with<T: Real>(x: &[T], params: &UniformParams) -> Result<Vec<i32
     } else {
         k.quantize_into(x, &mut out);
     }
-    Ok(out)
+    out
 }
 
 /// Quantize a whole tensor with one scale: returns `(codes, params)`.
@@ -305,8 +312,7 @@ pub fn quantize<T: Real>(x: &[T], bits: u32, symmetric: bool) -> Result<(Vec<i32
     check_bits(bits, symmetric)?;
     check_finite(x, "")?;
     let p = params_unchecked(x, bits, symmetric);
-    let codes = quantize_with(x, &p)?;
-    Ok((codes, p))
+    Ok((quantize_checked(x, &p), p))
 }
 
 fn dequantize_into<T: Real>(codes: &[i32], p: &UniformParams, out: &mut [T]) {
