@@ -97,6 +97,21 @@ impl Default for FindBasisOptions {
     }
 }
 
+impl std::str::FromStr for Loss {
+    type Err = Error;
+
+    /// `"mce"` or `"mse"` (case-insensitive), as the Python bindings spell them.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "mce" => Ok(Loss::Mce),
+            "mse" => Ok(Loss::Mse),
+            _ => Err(Error::invalid(format!(
+                "unknown lattice loss {s:?}: expected \"mce\" or \"mse\""
+            ))),
+        }
+    }
+}
+
 fn check_dim(n: usize) -> Result<()> {
     if !(1..=MAX_DIM).contains(&n) {
         return Err(Error::invalid(format!(
@@ -962,6 +977,13 @@ mod tests {
             },
         );
         assert_ne!(bits(&other.unwrap()), bits(&one));
+    }
+
+    #[test]
+    fn loss_parses() {
+        assert_eq!("MCE".parse::<Loss>().unwrap(), Loss::Mce);
+        assert_eq!("mse".parse::<Loss>().unwrap(), Loss::Mse);
+        assert!("mae".parse::<Loss>().is_err());
     }
 
     #[test]
