@@ -518,3 +518,41 @@ fn lattice_bad_input() {
         0.0
     );
 }
+
+#[test]
+fn lattice_large_inputs_match_piecewise_and_f64() {
+    // Above the parallel threshold; the codes of each block depend on that block only.
+    let blocks = correlated_blocks(70_001, 0.7, 9);
+    let basis = [
+        0.02f32, 0.001, -0.003, 0.004, 0.018, 0.002, -0.001, 0.005, 0.021,
+    ];
+    let codes = lattice::babai(&blocks, 3, &basis, 3).unwrap();
+    for (i, piece) in blocks.chunks(3 * 1001).enumerate() {
+        let c = lattice::babai(piece, 3, &basis, 3).unwrap();
+        assert_eq!(&codes[i * 3 * 1001..i * 3 * 1001 + c.len()], &c[..]);
+    }
+    let b64: Vec<f64> = blocks.iter().map(|&v| v as f64).collect();
+    assert_eq!(lattice::babai(&b64, 3, &basis, 3).unwrap(), codes);
+    let x32: Vec<f32> = lattice::dequantize(&codes, 3, &basis).unwrap();
+    let x64: Vec<f64> = lattice::dequantize(&codes, 3, &basis).unwrap();
+    assert!(x32.iter().zip(&x64).all(|(&a, &b)| a == b as f32));
+    // Per channel, two channels with the same basis equals one basis.
+    let two = [basis, basis].concat();
+    let even = &blocks[..blocks.len() / 6 * 6];
+    assert_eq!(
+        lattice::babai_per_channel(even, 3, &two, 3).unwrap(),
+        lattice::babai(even, 3, &basis, 3).unwrap()
+    );
+}
+
+#[test]
+fn uniform_per_channel_large_input() {
+    let x = correlated_blocks(100_000, 0.0, 10); // 300 000 values
+    let (codes, ps) = uniform::quantize_per_channel(&x, 4, 6, true).unwrap();
+    for c in 0..4 {
+        let row = &x[c * 75_000..(c + 1) * 75_000];
+        let (rc, rp) = uniform::quantize(row, 6, true).unwrap();
+        assert_eq!(ps[c], rp);
+        assert_eq!(&codes[c * 75_000..(c + 1) * 75_000], &rc[..]);
+    }
+}

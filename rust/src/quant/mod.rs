@@ -7,7 +7,7 @@
 //!
 //! Both quantizers take `f32` or `f64` input (the [`Real`] trait) and compute in `f64`, so the
 //! cubic lattice `λI` reproduces uniform quantization of step `λ` bit for bit. Ties round to
-//! even. Non-finite input is rejected with [`Error::NonFinite`](crate::Error::NonFinite).
+//! even. Non-finite input is rejected with [`Error::NonFinite`].
 
 pub mod lattice;
 pub mod uniform;
