@@ -556,3 +556,19 @@ fn uniform_per_channel_large_input() {
         assert_eq!(&codes[c * 75_000..(c + 1) * 75_000], &rc[..]);
     }
 }
+
+proptest! {
+    /// Lattice codes map to symbols 0..2^bits and back.
+    #[test]
+    fn lattice_symbols_roundtrip(basis in random_basis(2), bits in 1u32..=8,
+                                 t in prop::collection::vec(-50.0f32..50.0, 0..40)) {
+        prop_assume!(lattice::gram_schmidt(&basis, 2).is_ok());
+        let t = &t[..t.len() / 2 * 2];
+        let codes = lattice::babai(t, 2, &basis, bits).unwrap();
+        let s = lattice::to_symbols(&codes, bits).unwrap();
+        prop_assert!(s.iter().all(|&v| (v as u32) < (1 << bits)));
+        prop_assert_eq!(lattice::from_symbols(&s, bits).unwrap(), codes);
+        prop_assert!(lattice::to_symbols(&[1 << (bits - 1)], bits).is_err());
+        prop_assert!(lattice::to_symbols(&[0], 9).is_err());
+    }
+}

@@ -604,6 +604,53 @@ pub fn dequantize_per_channel<T: Real>(codes: &[i32], n: usize, bases: &[f32]) -
     Ok(out)
 }
 
+/// Map lattice codes to non-negative `u8` symbols `c + 2^(bits−1)` for entropy coders
+/// (`bits ≤ 8`).
+///
+/// Errors: `bits` outside `1..=8`, or a code outside `[−2^(bits−1), 2^(bits−1) − 1]`.
+///
+/// ```
+/// use deltackpt::quant::lattice;
+/// let s = lattice::to_symbols(&[-8, 0, 7], 4).unwrap();
+/// assert_eq!(s, [0, 8, 15]);
+/// assert_eq!(lattice::from_symbols(&s, 4).unwrap(), [-8, 0, 7]);
+/// ```
+pub fn to_symbols(codes: &[i32], bits: u32) -> Result<Vec<u8>> {
+    let half = symbol_half(bits)?;
+    if let Some(i) = codes.iter().position(|&c| c < -half || c >= half) {
+        return Err(Error::invalid(format!(
+            "code {} at index {i} is outside [{}, {}]",
+            codes[i],
+            -half,
+            half - 1
+        )));
+    }
+    Ok(codes.iter().map(|&c| (c + half) as u8).collect())
+}
+
+/// Inverse of [`to_symbols`]: `c = s − 2^(bits−1)`.
+///
+/// Errors: `bits` outside `1..=8`, or a symbol `≥ 2^bits`.
+pub fn from_symbols(symbols: &[u8], bits: u32) -> Result<Vec<i32>> {
+    let half = symbol_half(bits)?;
+    if let Some(i) = symbols.iter().position(|&s| s as i32 >= 2 * half) {
+        return Err(Error::invalid(format!(
+            "symbol {} at index {i} does not fit in {bits} bits",
+            symbols[i]
+        )));
+    }
+    Ok(symbols.iter().map(|&s| s as i32 - half).collect())
+}
+
+fn symbol_half(bits: u32) -> Result<i32> {
+    if !(1..=8).contains(&bits) {
+        return Err(Error::invalid(format!(
+            "u8 symbols need 1 ≤ bits ≤ 8, got {bits}"
+        )));
+    }
+    Ok(1 << (bits - 1))
+}
+
 /// SplitMix64: a tiny, fast, seedable generator (enough for search noise; fixed forever so
 /// that results stay reproducible across versions of other crates).
 struct SplitMix64(u64);
