@@ -572,3 +572,20 @@ proptest! {
         prop_assert!(lattice::to_symbols(&[0], 9).is_err());
     }
 }
+
+proptest! {
+    /// f64 data, including ranges that are tiny relative to their distance from 0.
+    #[test]
+    fn uniform_error_bounded_f64(v in prop::collection::vec(-1.0f64..1.0, 1..100),
+                                 e in -300i32..300, rel in -60i32..0, off in -3.0f64..3.0,
+                                 bits in 2u32..=16, symmetric: bool) {
+        let s = 2f64.powi(e);
+        let x: Vec<f64> = v.iter().map(|&a| (off + a * 2f64.powi(rel)) * s).collect();
+        let (codes, p) = uniform::quantize(&x, bits, symmetric).unwrap();
+        prop_assert!(codes.iter().all(|&q| q >= p.qmin && q <= p.qmax));
+        let y: Vec<f64> = uniform::dequantize(&codes, &p);
+        for (&a, &b) in x.iter().zip(&y) {
+            prop_assert!((a - b).abs() <= p.scale * (0.5 + 1e-9), "x={} x̂={} scale={}", a, b, p.scale);
+        }
+    }
+}

@@ -6,6 +6,8 @@
 //!
 //! - **Affine** (`symmetric = false`): codes in `[0, 2^bits − 1]` (non-negative, directly usable
 //!   as symbols), `scale = (max − min)/(qmax − qmin)`, `zero_point = round(qmin − min/scale)`.
+//!   (For `f64` data whose range is below `2^-40·max|x|` the scale is raised to that, so that
+//!   `x/scale + zero_point` stays exact in `f64`.)
 //! - **Symmetric** (`symmetric = true`): an odd number of levels, `2^bits − 1`, codes in
 //!   `[−L, L]` with `L = 2^(bits−1) − 1`, `zero_point = 0`, `scale = max|x| / L`; 0 is
 //!   reconstructed exactly. It needs `bits ≥ 2`: with one bit the only level would be 0, so
@@ -167,14 +169,18 @@ fn params_unchecked<T: Real>(x: &[T], bits: u32, symmetric: bool) -> UniformPara
             qmax,
         };
     }
-    let mut span = hi - lo;
-    if !span.is_finite() {
+    let span = hi - lo;
+    let scale = if span.is_finite() {
+        span / levels
+    } else {
         // Only possible for f64 data near ±f64::MAX.
-        span = hi / levels - lo / levels;
-        return affine_from_scale(lo, positive_step(span), qmin, qmax);
-    }
-    let scale = positive_step(span / levels);
-    affine_from_scale(lo, scale, qmin, qmax)
+        hi / levels - lo / levels
+    };
+    // Keep |x/scale + zero_point| ≤ ~2^40 so the affine arithmetic stays exact in f64: f64
+    // data with a tiny range far from 0 get a coarser step than asked (never f32 data, whose
+    // relative range is at least 2^-24).
+    let floor = lo.abs().max(hi.abs()) * 2f64.powi(-40);
+    affine_from_scale(lo, positive_step(scale.max(floor)), qmin, qmax)
 }
 
 /// `scale` itself when positive; the smallest positive step otherwise (subnormal spans).
@@ -548,6 +554,16 @@ mod tests {
             let y: Vec<f64> = dequantize(&codes, &p);
             assert!(y.iter().all(|v| v.is_finite()));
         }
+        // Narrow range far from 0 (f64 only): still within half a step, codes in range.
+        let narrow: Vec<f64> = (0..50).map(|i| 1.0e10 + i as f64 * 1.0e-6).collect();
+        let (codes, p) = quantize(&narrow, 16, false).unwrap();
+        let y: Vec<f64> = dequantize(&codes, &p);
+        assert!(codes.iter().all(|&q| (0..=65535).contains(&q)));
+        assert!(narrow
+            .iter()
+            .zip(&y)
+            .all(|(a, b)| (a - b).abs() <= p.scale * 0.5));
+        assert!(p.scale < 1.0e-2);
         let tiny = [0.0f64, f64::from_bits(3)];
         let (codes, p) = quantize(&tiny, 16, false).unwrap();
         assert_eq!(dequantize::<f64>(&codes, &p), tiny);
