@@ -373,7 +373,7 @@ class _FileCache:
         if owner:
             try:
                 fut.set_result(self.store.read(name))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - handed to every waiter by fut.result()
                 fut.set_exception(e)
         return fut.result()
 
@@ -441,7 +441,6 @@ class CheckpointChain:
         self._closed = False
         self._executor: cf.ThreadPoolExecutor | None = None
         self._pending: cf.Future[None] | None = None
-        self._error: BaseException | None = None
         self._stack: list[_Level] = []
         self._last_exact: _Snapshot | None = None
         self._last_exact_rid: RecId | None = None
@@ -630,15 +629,10 @@ class CheckpointChain:
         self._raise_pending()
 
     def _raise_pending(self) -> None:
+        """Wait for the background save, if any; its exception propagates from here."""
         if self._pending is not None:
             fut, self._pending = self._pending, None
-            try:
-                fut.result()
-            except Exception as e:
-                self._error = e
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
+            fut.result()
 
     def save(self, step: int, state: Any, *, exact: bool = False) -> None:
         """Save ``state`` (nested dict of tensors / JSON values / objects with state_dict()).
