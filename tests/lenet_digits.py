@@ -30,10 +30,7 @@ def digits(n: int = 1000, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = (
-        torch.tensor(d.images[offset : offset + n], dtype=torch.float32).unsqueeze(1)
-        / 16.0
-    )
+    x = torch.tensor(d.images[offset : offset + n], dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     y = torch.tensor(d.target[offset : offset + n], dtype=torch.long)
     return x, y

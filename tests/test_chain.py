@@ -48,15 +48,11 @@ def lenet_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with dk.CheckpointChain(root, bits=3, anchor_every=4, keyframe_every=30) as chain:
         for _epoch in range(2):
             for i in range(0, len(x), 32):
-                loss = torch.nn.functional.cross_entropy(
-                    model(x[i : i + 32]), y[i : i + 32]
-                )
+                loss = torch.nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                chain.save(
-                    step, {"model": model, "optimizer": opt, "loss": loss.item()}
-                )
+                chain.save(step, {"model": model, "optimizer": opt, "loss": loss.item()})
                 truth[step] = {
                     "model": _clone(model.state_dict()),
                     "momentum": {
@@ -91,11 +87,7 @@ def test_every_step_restores_within_the_quantizer_bound(
             info = chain.info(s)
             assert st["loss"] == true["loss"]
             assert set(st["model"]) == set(true["model"])
-            base = (
-                chain.restore(info["base"][1], info["base"][0])
-                if info["base"]
-                else None
-            )
+            base = chain.restore(info["base"][1], info["base"][0]) if info["base"] else None
             for k, u in true["model"].items():
                 r = st["model"][k]
                 assert r.dtype == u.dtype and r.shape == u.shape
@@ -112,9 +104,7 @@ def test_every_step_restores_within_the_quantizer_bound(
                 got = st["optimizer"]["state"][idx]["momentum_buffer"]
                 assert got.shape == mom.shape
                 assert float((got - mom).norm()) <= float(mom.norm()) + 1e-12
-        assert (
-            chain.stats()["max_restore_depth"] <= 1 + 3 * 3
-        )  # digit sum in base 4, n < 30
+        assert chain.stats()["max_restore_depth"] <= 1 + 3 * 3  # digit sum in base 4, n < 30
     assert float(np.mean(rel_errors)) < 0.03
     assert lenet_run["stats"]["ratio"] > 4.0
 
@@ -143,9 +133,7 @@ def test_rollback_and_branch_points_are_exact(tmp_path: Path) -> None:
     def train(chain: dk.CheckpointChain, steps: range) -> None:
         for s in steps:
             i = (s * 32) % 256
-            loss = torch.nn.functional.cross_entropy(
-                model(x[i : i + 32]), y[i : i + 32]
-            )
+            loss = torch.nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -179,9 +167,7 @@ def test_rollback_and_branch_points_are_exact(tmp_path: Path) -> None:
         assert sorted(chain.branches()) == ["main", "retry"]
         with pytest.raises(KeyError):
             chain.restore(13, branch="slot2.1")
-        for k, v in exact[
-            "slot2"
-        ].items():  # branch points survive their branch's deletion
+        for k, v in exact["slot2"].items():  # branch points survive their branch's deletion
             assert torch.equal(chain.restore(11, "main")["model"][k], v)
         with pytest.raises(ValueError, match="current branch"):
             chain.delete_branch("retry")
@@ -250,9 +236,7 @@ def test_plain_values_dtypes_and_shapes_roundtrip(tmp_path: Path) -> None:
                 assert got[k].dtype == state[k].dtype and torch.equal(got[k], state[k])
             for k in ("bf16", "f16", "f64", "view"):
                 assert got[k].dtype == state[k].dtype and got[k].shape == state[k].shape
-                assert torch.allclose(
-                    got[k].double(), state[k].double(), rtol=0.5, atol=0
-                )
+                assert torch.allclose(got[k].double(), state[k].double(), rtol=0.5, atol=0)
             assert isinstance(got["np"], np.ndarray) and got["np"].dtype == np.float32
             assert np.array_equal(got["npint"], state["npint"])
             assert got["npscalar"] == 2.0 and got["nan_lr"] == math.inf
@@ -271,9 +255,7 @@ def test_non_finite_refused_unless_exact(tmp_path: Path, async_save: bool) -> No
         bad = w.clone()
         bad[123] = float("nan")
         bad[200] = float("inf")
-        with pytest.raises(
-            dk.NonFiniteError, match=r'2 non-finite.*index 123.*\["layer", "w"\]'
-        ):
+        with pytest.raises(dk.NonFiniteError, match=r'2 non-finite.*index 123.*\["layer", "w"\]'):
             chain.save(1, {"layer": {"w": bad}})
             chain.wait()
         assert chain.steps() == [0]
@@ -293,9 +275,7 @@ def test_async_save_matches_sync(tmp_path: Path) -> None:
         states.append({"w": w.clone(), "b": torch.randn(10, generator=g)})
     out = {}
     for mode in (False, True):
-        with dk.CheckpointChain(
-            tmp_path / f"a{mode}", anchor_every=4, async_save=mode
-        ) as c:
+        with dk.CheckpointChain(tmp_path / f"a{mode}", anchor_every=4, async_save=mode) as c:
             for s, st in enumerate(states):
                 live = {k: v.clone() for k, v in st.items()}
                 c.save(s, live)
@@ -308,19 +288,14 @@ def test_async_save_matches_sync(tmp_path: Path) -> None:
 
 def _pickle_like(payload: bytes) -> bool:
     return (
-        (
-            payload[:1] == b"\x80"
-            and payload[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
-        )
+        (payload[:1] == b"\x80" and payload[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
         or payload.startswith(b"PK\x03\x04")
         or b"data.pkl" in payload
     )
 
 
 def _chain_files(root: Path) -> Iterator[Path]:
-    return (
-        p for p in sorted(root.rglob("*")) if p.is_file() and p.name != "LOCK.guard"
-    )
+    return (p for p in sorted(root.rglob("*")) if p.is_file() and p.name != "LOCK.guard")
 
 
 def test_no_pickle_anywhere(lenet_run: dict[str, Any], tmp_path: Path) -> None:
@@ -408,11 +383,7 @@ def test_second_writer_refused_reader_allowed_stale_lock_recovered(
 
 @pytest.mark.parametrize("scheme", ["memory", "file"])
 def test_fsspec_chains(tmp_path: Path, scheme: str) -> None:
-    url = (
-        f"memory://chain-{uuid.uuid4().hex}"
-        if scheme == "memory"
-        else f"file://{tmp_path}/fs"
-    )
+    url = f"memory://chain-{uuid.uuid4().hex}" if scheme == "memory" else f"file://{tmp_path}/fs"
     g = torch.Generator().manual_seed(2)
     w = torch.randn(5000, generator=g)
     with dk.CheckpointChain(url, anchor_every=3) as chain:
@@ -428,9 +399,7 @@ def test_fsspec_chains(tmp_path: Path, scheme: str) -> None:
         assert torch.equal(state["w"], at4)
         chain.save(5, {"w": w, "step": 5})
     with dk.CheckpointChain(url, mode="r") as reader:
-        assert reader.steps() == [0, 1, 2, 3, 4, 5] and reader.steps("main") == list(
-            range(8)
-        )
+        assert reader.steps() == [0, 1, 2, 3, 4, 5] and reader.steps("main") == list(range(8))
         for s in range(8):
             assert reader.restore(s, "main")["step"] == s
 
@@ -473,9 +442,7 @@ def test_sigkill_at_random_moments_loses_no_committed_step(tmp_path: Path) -> No
     rng = random.Random(20261123)
     committed = -1
     for _round in range(5):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         first = proc.stdout.readline().split()
         assert first[0] == "start" and int(first[1]) == committed + 1
@@ -489,9 +456,7 @@ def test_sigkill_at_random_moments_loses_no_committed_step(tmp_path: Path) -> No
         with dk.CheckpointChain(root, mode="r") as reader:
             steps = reader.steps()
             assert steps == list(range(len(steps)))
-            assert (
-                len(steps) - 1 >= committed
-            )  # a step reported committed is never lost
+            assert len(steps) - 1 >= committed  # a step reported committed is never lost
             committed = len(steps) - 1
             for t in steps:
                 got, want = reader.restore(t), _crash_state(t)
@@ -506,6 +471,4 @@ def test_sigkill_at_random_moments_loses_no_committed_step(tmp_path: Path) -> No
         assert reader.steps() == list(range(end))
         assert reader.restore(end - 1)["t"] == end - 1
     store = LocalStore(root)
-    assert not [
-        n for n in store._list_all("") if ".tmp-" in n
-    ]  # the last writer cleaned up
+    assert not [n for n in store._list_all("") if ".tmp-" in n]  # the last writer cleaned up

@@ -110,11 +110,7 @@ def test_second_writer_refused_reader_allowed(tmp_path: Path, backend: int) -> N
     store = _stores(tmp_path)[backend]
     store.acquire_lock()
     info = store.lock_info()
-    assert (
-        info is not None
-        and info["pid"] == os.getpid()
-        and info["host"] == socket.gethostname()
-    )
+    assert info is not None and info["pid"] == os.getpid() and info["host"] == socket.gethostname()
     other = open_store(store.url) if backend else LocalStore(tmp_path / "local")
     with pytest.raises(dk.LockedError, match="locked by another writer"):
         other.acquire_lock()

@@ -1,43 +1,40 @@
-"""deltackpt: compressed, crash-safe, branchable training checkpoints.
+"""deltackpt: compressed, crash-safe, branchable training checkpoints on a Rust core.
 
-Placeholder on branch ``chain`` until the core package lands on main: it uses ``deltackpt._core``
-when built, else the pure-numpy stand-in of ``_fallback``.
+>>> import numpy as np, deltackpt as dk
+>>> x = np.linspace(-1, 1, 1000, dtype=np.float32)
+>>> bool((dk.decode(dk.encode(x, quantizer="none")) == x).all())
+True
 """
 
 from __future__ import annotations
 
-try:
-    from ._core import (  # type: ignore[attr-defined]
-        CorruptDataError,
-        DeltackptError,
-        NonFiniteError,
-        ReferenceMismatchError,
-        UnsupportedError,
-        decode,
-        encode,
-    )
-except ImportError:
-    from ._fallback import (
-        CorruptDataError,
-        DeltackptError,
-        NonFiniteError,
-        ReferenceMismatchError,
-        UnsupportedError,
-        decode,
-        encode,
-    )
-
+from . import codec, quant
+from ._api import decode, encode, inspect
+from ._core import __version__
 from .chain import CheckpointChain
+from .errors import (
+    CorruptDataError,
+    DeltackptError,
+    InvalidArgumentError,
+    NonFiniteError,
+    ReferenceMismatchError,
+    UnsupportedError,
+)
 from .store import LockedError
 
 __all__ = [
-    "CheckpointChain",
-    "CorruptDataError",
+    "__version__",
+    "encode",
+    "decode",
+    "inspect",
+    "codec",
+    "quant",
     "DeltackptError",
-    "LockedError",
+    "CorruptDataError",
+    "UnsupportedError",
     "NonFiniteError",
     "ReferenceMismatchError",
-    "UnsupportedError",
-    "decode",
-    "encode",
+    "InvalidArgumentError",
+    "CheckpointChain",
+    "LockedError",
 ]

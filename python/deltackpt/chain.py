@@ -55,10 +55,12 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
+from ._api import decode, encode
+from .errors import CorruptDataError, NonFiniteError, UnsupportedError
 from .store import Store, open_store
 
 FORMAT = "deltackpt-chain"
@@ -73,14 +75,8 @@ _NONNEG_KEYS = {"exp_avg_sq", "max_exp_avg_sq"}
 RecId = tuple[str, int]
 
 
-def _dk() -> Any:
-    import deltackpt
-
-    return deltackpt
-
-
 def _corrupt(msg: str) -> Exception:
-    return _dk().CorruptDataError(msg)
+    return CorruptDataError(msg)
 
 
 def _torch() -> Any:
@@ -172,7 +168,7 @@ def _snapshot(state: Any) -> _Snapshot:
                 )
             )
             return {"T": len(leaves) - 1}
-        if obj is None or isinstance(obj, bool | int | float | str):
+        if obj is None or isinstance(obj, (bool, int, float, str)):
             values.append(obj)
             return {"V": len(values) - 1}
         if isinstance(obj, np.generic):
@@ -181,12 +177,12 @@ def _snapshot(state: Any) -> _Snapshot:
         if isinstance(obj, Mapping):
             items = []
             for k, v in obj.items():
-                if not (k is None or isinstance(k, bool | int | float | str)):
+                if not (k is None or isinstance(k, (bool, int, float, str))):
                     raise TypeError(f"unsupported dict key {k!r} at {path}")
                 sub = optim or (isinstance(k, str) and "optim" in k.lower())
                 items.append([k, walk(v, [*path, k], sub)])
             return {"D": items}
-        if isinstance(obj, list | tuple):
+        if isinstance(obj, (list, tuple)):
             nodes = [walk(v, [*path, i], optim) for i, v in enumerate(obj)]
             return {"L" if isinstance(obj, list) else "U": nodes}
         sd = getattr(obj, "state_dict", None)
@@ -267,7 +263,7 @@ def _check_finite(leaf: _Leaf) -> None:
         count = int(badt.sum())
         first = int(torch.argmax(badt.to(torch.uint8))) if count else 0
     if count:
-        raise _dk().NonFiniteError(
+        raise NonFiniteError(
             f"{count} non-finite value(s) (NaN or Inf), the first at flat index {first}, in "
             f"tensor {leaf.path}; fix the state or save this step with exact=True"
         )
@@ -322,7 +318,7 @@ class _Record:
         if d.get("format") != FORMAT:
             raise _corrupt("not a deltackpt chain record")
         if d.get("version") != VERSION:
-            raise _dk().UnsupportedError(f"chain record version {d.get('version')}")
+            raise UnsupportedError(f"chain record version {d.get('version')}")
         base = d["base"]
         return _Record(
             branch=str(d["branch"]),
@@ -387,9 +383,7 @@ class _Level:
 
     level: int
     rid: RecId
-    recon: dict[
-        str, Any
-    ]  # tensor path -> reconstruction (delta-coded float tensors only)
+    recon: dict[str, Any]  # tensor path -> reconstruction (delta-coded float tensors only)
     meta: dict[str, tuple[str, str, tuple[int, ...]]]  # path -> (lib, dtype, shape)
 
 
@@ -453,9 +447,7 @@ class CheckpointChain:
                 self.store.release_lock()
                 raise
             if async_save:
-                self._executor = cf.ThreadPoolExecutor(
-                    1, thread_name_prefix="deltackpt-save"
-                )
+                self._executor = cf.ThreadPoolExecutor(1, thread_name_prefix="deltackpt-save")
         else:
             if not self.store.exists("chain.json"):
                 raise FileNotFoundError(f"no deltackpt chain at {self.store.url}")
@@ -569,9 +561,7 @@ class CheckpointChain:
             if cfg.get("format") != FORMAT:
                 raise _corrupt("chain.json is not a deltackpt chain")
             if cfg.get("version") != VERSION:
-                raise _dk().UnsupportedError(
-                    f"chain format version {cfg.get('version')}"
-                )
+                raise UnsupportedError(f"chain format version {cfg.get('version')}")
         self._head = self._read_head()
         self._collect_garbage()
         self._rebuild_stack()
@@ -580,11 +570,7 @@ class CheckpointChain:
         out = []
         for name in self.store.list("records"):
             parts = name.split("/")
-            if (
-                len(parts) == 3
-                and parts[2].endswith(".json")
-                and parts[2][:-5].isdigit()
-            ):
+            if len(parts) == 3 and parts[2].endswith(".json") and parts[2][:-5].isdigit():
                 out.append((parts[1], int(parts[2][:-5])))
         return out
 
@@ -646,20 +632,15 @@ class CheckpointChain:
             raise ValueError("step must be a non-negative int")
         last = self._stack[-1].rid[1] if self._stack else None
         if last is not None and step <= last:
-            raise ValueError(
-                f"step {step} <= latest step {last} of branch {self._head!r}"
-            )
+            raise ValueError(f"step {step} <= latest step {last} of branch {self._head!r}")
         snap = _snapshot(state)
         if self._executor is not None:
             self._pending = self._executor.submit(self._commit, step, snap, exact)
         else:
             self._commit(step, snap, exact)
 
-    def _commit(
-        self, step: int, snap: _Snapshot, exact: bool, replace: bool = False
-    ) -> None:
+    def _commit(self, step: int, snap: _Snapshot, exact: bool, replace: bool = False) -> None:
         """Encode and write one record; update the writer's references after the commit."""
-        dk = _dk()
         branch = self._head
         if not exact:
             for leaf in snap.leaves:
@@ -678,9 +659,7 @@ class CheckpointChain:
                     level += 1
                 base_lv = next(lv for lv in reversed(self._stack) if lv.level >= level)
         kind = "keyframe" if base_lv is None else ("anchor" if level > 0 else "step")
-        ordinal = (
-            0 if base_lv is None else self._record(self._stack[-1].rid).ordinal + 1
-        )
+        ordinal = 0 if base_lv is None else self._record(self._stack[-1].rid).ordinal + 1
         token = os.urandom(4).hex()
         prefix = f"data/{branch}/{step:012d}-{token}"
         files: list[str] = [f"{prefix}.grp"]
@@ -700,7 +679,7 @@ class CheckpointChain:
                 if not leaf.is_float or leaf.numel < 2:
                     mode, blob = "raw", _raw_bytes(x)
                 elif base_lv is None or base_lv.meta.get(leaf.path) != key:
-                    mode, blob = "key", dk.encode(x, quantizer="none")
+                    mode, blob = "key", encode(x, quantizer="none")
                     recon[leaf.path], meta[leaf.path] = x, key
                 else:
                     b = self.optimizer_bits if leaf.optimizer else self.bits
@@ -708,15 +687,13 @@ class CheckpointChain:
                         b = min(b + (self.anchor_bits - self.bits), 8)
                     ref = base_lv.recon[leaf.path]
                     try:
-                        blob = dk.encode(x, reference=ref, quantizer="exponent", bits=b)
-                    except dk.NonFiniteError as e:
+                        blob = encode(x, reference=ref, quantizer="exponent", bits=b)
+                    except NonFiniteError as e:
                         raise type(e)(f"tensor {leaf.path}: {e}") from e
-                    r = dk.decode(blob, reference=ref)
+                    r = decode(blob, reference=ref)
                     recon[leaf.path] = _clamp0(r) if leaf.nonneg else r
                     meta[leaf.path], mode = key, "delta"
-                if (mode != "raw" and leaf.numel >= self.group_below) or len(
-                    blob
-                ) > 1 << 20:
+                if (mode != "raw" and leaf.numel >= self.group_below) or len(blob) > 1 << 20:
                     name = f"{prefix}-{len(files)}.blob"
                     self.store.write(name, blob)
                     written.append(name)
@@ -743,9 +720,7 @@ class CheckpointChain:
             }
             sraw = _dumps(schema)
             digest = hashlib.blake2b(sraw, digest_size=16).hexdigest()
-            if digest not in self._schemas and not self.store.exists(
-                f"schemas/{digest}.json"
-            ):
+            if digest not in self._schemas and not self.store.exists(f"schemas/{digest}.json"):
                 self.store.write(f"schemas/{digest}.json", sraw)
             rec = _Record(
                 branch=branch,
@@ -763,9 +738,7 @@ class CheckpointChain:
                 time=time.time(),
             )
             old = self._record((branch, step)) if replace else None
-            self.store.write(
-                _record_name(branch, step), zlib.compress(_dumps(rec.to_json()), 6)
-            )
+            self.store.write(_record_name(branch, step), zlib.compress(_dumps(rec.to_json()), 6))
         except BaseException:
             for name in written:
                 with contextlib.suppress(Exception):
@@ -814,9 +787,7 @@ class CheckpointChain:
             if rid[0] != self._head:
                 raise ValueError("save a step on this branch first, or pass no state")
             self._commit(rid[1], snap, exact=True, replace=True)
-        self._write_json(
-            f"points/{name}.json", {"name": name, "branch": rid[0], "step": rid[1]}
-        )
+        self._write_json(f"points/{name}.json", {"name": name, "branch": rid[0], "step": rid[1]})
         return rid[1]
 
     def branch_points(self) -> dict[str, RecId]:
@@ -873,9 +844,7 @@ class CheckpointChain:
         self.wait()
         self._check_writable()
         if name == self._head:
-            raise ValueError(
-                "cannot delete the current branch; roll back elsewhere first"
-            )
+            raise ValueError("cannot delete the current branch; roll back elsewhere first")
         self._branch_info(name)
         self.store.delete(f"branches/{name}.json")
         keep = self._live_closure(self._roots_excluding(name))
@@ -902,11 +871,7 @@ class CheckpointChain:
 
     def _live_closure(self, roots: set[RecId]) -> set[RecId]:
         live: set[RecId] = set()
-        todo = [
-            r
-            for r in roots
-            if self.store.exists(_record_name(*r)) or r in self._records
-        ]
+        todo = [r for r in roots if self.store.exists(_record_name(*r)) or r in self._records]
         while todo:
             rid = todo.pop()
             if rid in live:
@@ -951,9 +916,7 @@ class CheckpointChain:
         hist = self._history(branch or self._head)
         return hist[-1][1] if hist else None
 
-    def info(
-        self, step: int | None = None, branch: str | None = None
-    ) -> dict[str, Any]:
+    def info(self, step: int | None = None, branch: str | None = None) -> dict[str, Any]:
         """Kind, level, base and restore depth of a saved step."""
         rid = self._resolve(step, branch)
         rec = self._record(rid)
@@ -1018,13 +981,9 @@ class CheckpointChain:
             meta[t["path"]] = (t["lib"], t["dtype"], tuple(t["shape"]))
         return recon, meta
 
-    def _decode_tensors(
-        self, rec: _Record, sch: _Schema, idx: list[int]
-    ) -> tuple[list[Any], int]:
+    def _decode_tensors(self, rec: _Record, sch: _Schema, idx: list[int]) -> tuple[list[Any], int]:
         if len(rec.entries) != len(sch.tensors):
-            raise _corrupt(
-                f"record {rec.rid}: {len(rec.entries)} entries for {len(sch.tensors)}"
-            )
+            raise _corrupt(f"record {rec.rid}: {len(rec.entries)} entries for {len(sch.tensors)}")
         cache = _FileCache(self.store)
         out: list[Any] = [None] * len(sch.tensors)
         jobs = [(i, sch.tensors[i]["path"]) for i in idx]
@@ -1034,9 +993,7 @@ class CheckpointChain:
 
         if len(jobs) > 1 and self.threads > 1:
             with cf.ThreadPoolExecutor(self.threads) as pool:
-                for (i, _), val in zip(
-                    jobs, pool.map(one, [i for i, _ in jobs]), strict=True
-                ):
+                for (i, _), val in zip(jobs, pool.map(one, [i for i, _ in jobs])):
                     out[i] = val
         else:
             for i, _ in jobs:
@@ -1050,14 +1007,11 @@ class CheckpointChain:
         except (ValueError, TypeError, IndexError) as e:
             raise _corrupt(f"record {rec.rid}: bad tensor entry {entry!r}") from e
         if not (0 <= off and off + length <= len(data)):
-            raise _corrupt(
-                f"record {rec.rid}: blob [{off}, +{length}) outside its file"
-            )
+            raise _corrupt(f"record {rec.rid}: blob [{off}, +{length}) outside its file")
         return data[off : off + length]
 
     def _decode_one(self, rec: _Record, meta: dict[str, Any], cache: _FileCache) -> Any:
         """Decode one tensor of ``rec`` along its base chain (keyframe first)."""
-        dk = _dk()
         path = meta["path"]
         chain: list[tuple[_Record, list[Any], bool]] = []
         cur: _Record | None = rec
@@ -1083,14 +1037,12 @@ class CheckpointChain:
             return _from_raw(blob, meta["lib"], meta["dtype"], list(meta["shape"]))
         if first[0] != "key":
             raise _corrupt(f"tensor {path}: unknown mode {first[0]!r}")
-        x = dk.decode(blob)
+        x = decode(blob)
         for r, entry, nonneg in reversed(chain[:-1]):
-            x = dk.decode(self._blob(r, entry, cache), reference=x)
+            x = decode(self._blob(r, entry, cache), reference=x)
             if nonneg:
                 x = _clamp0(x)
-        if _dtype_name(x) != meta["dtype"] or [int(s) for s in x.shape] != list(
-            meta["shape"]
-        ):
+        if _dtype_name(x) != meta["dtype"] or [int(s) for s in x.shape] != list(meta["shape"]):
             raise _corrupt(f"tensor {path}: decoded {_dtype_name(x)} {list(x.shape)}")
         if (meta["lib"] == "torch") != _is_torch(x):
             raise _corrupt(f"tensor {path}: decoded the wrong array kind")
@@ -1105,9 +1057,7 @@ class CheckpointChain:
         depths: dict[RecId, int] = {}
         for rid in sorted(self._all_records(), key=lambda r: r[1]):
             rec = self._record(rid)
-            size = self.store.size(_record_name(*rid)) + sum(
-                self.store.size(f) for f in rec.files
-            )
+            size = self.store.size(_record_name(*rid)) + sum(self.store.size(f) for f in rec.files)
             by_kind[rec.kind] = by_kind.get(rec.kind, 0) + size
             count[rec.kind] = count.get(rec.kind, 0) + 1
             raw += rec.raw_bytes
@@ -1148,7 +1098,7 @@ class CheckpointChain:
             self._stack = []
             self._last_exact = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> CheckpointChain:
         return self
 
     def __exit__(self, *exc: object) -> None:

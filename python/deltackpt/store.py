@@ -40,17 +40,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .errors import CorruptDataError
+
 MAGIC = b"DKF1"
 HEADER = struct.Struct("<4s16sQ")
 TMP_MARKER = ".tmp-"
 LOCK_NAME = "LOCK"
-
-
-def _errors() -> Any:
-    """The package's exception namespace (imported lazily: the package imports this module)."""
-    import deltackpt
-
-    return deltackpt
 
 
 class LockedError(RuntimeError):
@@ -65,7 +60,7 @@ def frame(payload: bytes) -> bytes:
 
 def unframe(data: bytes, name: str) -> bytes:
     """Check a framed file and return its payload; raise ``CorruptDataError`` on any mismatch."""
-    err = _errors().CorruptDataError
+    err = CorruptDataError
     if len(data) < HEADER.size:
         raise err(f"{name}: truncated file ({len(data)} bytes)")
     magic, digest, length = HEADER.unpack_from(data)
@@ -104,9 +99,7 @@ def _lock_payload(token: str) -> bytes:
 
 def _is_stale(info: dict[str, Any]) -> bool:
     """A lock is stale when it was taken on this host by a process that no longer exists."""
-    return info.get("host") == socket.gethostname() and not _pid_alive(
-        int(info.get("pid", -1))
-    )
+    return info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1)))
 
 
 def _parse_lock(raw: bytes) -> dict[str, Any]:
@@ -140,9 +133,7 @@ class Store:
 
     def list(self, prefix: str = "") -> list[str]:
         """Committed file names under the folder ``prefix`` (recursive, sorted, no temporaries)."""
-        return sorted(
-            n for n in self._list_all(prefix) if TMP_MARKER not in n.rsplit("/", 1)[-1]
-        )
+        return sorted(n for n in self._list_all(prefix) if TMP_MARKER not in n.rsplit("/", 1)[-1])
 
     def _list_all(self, prefix: str) -> list[str]:
         raise NotImplementedError
@@ -157,9 +148,7 @@ class Store:
 
     def remove_temporaries(self) -> int:
         """Delete leftovers of unfinished writes; return how many. Writers only."""
-        leftovers = [
-            n for n in self._list_all("") if TMP_MARKER in n.rsplit("/", 1)[-1]
-        ]
+        leftovers = [n for n in self._list_all("") if TMP_MARKER in n.rsplit("/", 1)[-1]]
         for name in leftovers:
             self.delete(name)
         return len(leftovers)
@@ -393,9 +382,7 @@ class FsspecStore(Store):
         self._token = None
 
 
-def open_store(
-    path_or_url: str | os.PathLike[str] | Store, **storage_options: Any
-) -> Store:
+def open_store(path_or_url: str | os.PathLike[str] | Store, **storage_options: Any) -> Store:
     """A :class:`LocalStore` for plain paths, an :class:`FsspecStore` for ``scheme://`` URLs."""
     if isinstance(path_or_url, Store):
         return path_or_url

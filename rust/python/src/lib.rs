@@ -1,8 +1,210 @@
 //! Python bindings of deltackpt (module `deltackpt._core`): conversions and error mapping only.
+//!
+//! Tensors cross as 1-D `uint8` numpy arrays of little-endian element bytes plus a dtype name
+//! and a shape; the Python layer (`deltackpt._tensors`) views them as numpy or torch tensors.
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyType};
+
+use deltackpt::entropy;
+use deltackpt::quant::exponent;
+use deltackpt::{BucketValue, Coder, DType, EncodeOptions, Quantizer, Tensor};
+
+/// A core error on its way to Python: the one place where Rust errors become exceptions.
+struct DkError(deltackpt::Error);
+
+impl From<deltackpt::Error> for DkError {
+    fn from(e: deltackpt::Error) -> Self {
+        DkError(e)
+    }
+}
+
+static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+impl From<DkError> for PyErr {
+    fn from(DkError(e): DkError) -> PyErr {
+        use deltackpt::Error as E;
+        let name = match &e {
+            E::Corrupt(_) => "CorruptDataError",
+            E::Unsupported(_) => "UnsupportedError",
+            E::NonFinite { .. } => "NonFiniteError",
+            E::ReferenceMismatch(_) => "ReferenceMismatchError",
+            E::InvalidArgument(_) => "InvalidArgumentError",
+        };
+        let msg = e.to_string();
+        Python::attach(|py| {
+            let module =
+                ERRORS.get_or_try_init(py, || py.import("deltackpt.errors").map(|m| m.unbind()));
+            match module.and_then(|m| m.bind(py).getattr(name)) {
+                Ok(cls) => match cls.cast_into::<PyType>() {
+                    Ok(t) => PyErr::from_type(t, msg),
+                    Err(_) => PyException::new_err(msg),
+                },
+                Err(_) => PyException::new_err(msg),
+            }
+        })
+    }
+}
+
+/// Run heavy work without the GIL: the one helper every binding uses.
+fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    py.detach(f)
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0))]
+#[allow(clippy::too_many_arguments)]
+fn encode<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray1<'py, u8>,
+    dtype: &str,
+    shape: Vec<u64>,
+    reference: Option<PyReadonlyArray1<'py, u8>>,
+    quantizer: &str,
+    bits: u8,
+    coder: &str,
+    bucket_value: &str,
+    tag: u8,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let opts = EncodeOptions {
+        quantizer: Quantizer::from_name(quantizer).map_err(DkError)?,
+        bits,
+        coder: Coder::from_name(coder).map_err(DkError)?,
+        bucket_value: BucketValue::from_name(bucket_value).map_err(DkError)?,
+        tag,
+        ..Default::default()
+    };
+    let dtype = DType::from_name(dtype).map_err(DkError)?;
+    let data = data.as_slice()?;
+    let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
+    let x = Tensor {
+        dtype,
+        shape: &shape,
+        data,
+    };
+    let blob = without_gil(py, || deltackpt::encode(x, reference, &opts)).map_err(DkError)?;
+    Ok(PyBytes::new(py, &blob))
+}
+
+#[pyfunction]
+#[pyo3(signature = (blob, reference=None))]
+fn decode<'py>(
+    py: Python<'py>,
+    blob: &[u8],
+    reference: Option<PyReadonlyArray1<'py, u8>>,
+) -> PyResult<(String, Vec<u64>, u8, Bound<'py, PyArray1<u8>>)> {
+    let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
+    let d = without_gil(py, || deltackpt::decode(blob, reference)).map_err(DkError)?;
+    Ok((
+        d.dtype.name().to_string(),
+        d.shape,
+        d.tag,
+        PyArray1::from_vec(py, d.data),
+    ))
+}
+
+#[pyfunction]
+fn inspect<'py>(py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let h = deltackpt::inspect(blob).map_err(DkError)?;
+    let d = PyDict::new(py);
+    d.set_item("dtype", h.dtype.name())?;
+    d.set_item("tag", h.tag)?;
+    d.set_item("shape", h.shape.clone())?;
+    d.set_item("quantizer", h.quantizer.name())?;
+    d.set_item("coder", h.coder.name())?;
+    d.set_item("bits", h.bits)?;
+    d.set_item("has_reference", h.reference_hash.is_some())?;
+    d.set_item(
+        "bucket_value",
+        if h.flags & deltackpt::format::FLAG_MIDPOINT != 0 {
+            "midpoint"
+        } else {
+            "mean"
+        },
+    )?;
+    d.set_item("table", h.table().map_err(DkError)?)?;
+    d.set_item("chunks", h.chunk_sizes.len())?;
+    d.set_item("chunk_elems", h.chunk_elems)?;
+    d.set_item("payload_bytes", h.chunk_sizes.iter().sum::<u64>())?;
+    d.set_item("total_bytes", blob.len())?;
+    d.set_item("numel", h.numel().map_err(DkError)?)?;
+    d.set_item(
+        "raw_bytes",
+        h.numel().map_err(DkError)? * h.dtype.size() as u64,
+    )?;
+    Ok(d)
+}
+
+#[pyfunction]
+#[pyo3(signature = (symbols, coder="tans"))]
+fn codec_encode<'py>(
+    py: Python<'py>,
+    symbols: PyReadonlyArray1<'py, u8>,
+    coder: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let coder = Coder::from_name(coder).map_err(DkError)?;
+    let s = symbols.as_slice()?;
+    let blob = without_gil(py, || entropy::encode(s, coder)).map_err(DkError)?;
+    Ok(PyBytes::new(py, &blob))
+}
+
+#[pyfunction]
+fn codec_decode<'py>(py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let v = without_gil(py, || entropy::decode(blob)).map_err(DkError)?;
+    Ok(PyArray1::from_vec(py, v))
+}
+
+#[pyfunction]
+#[pyo3(signature = (delta, bits=3, bucket_value="mean"))]
+fn quant_exponent_f32<'py>(
+    py: Python<'py>,
+    delta: PyReadonlyArray1<'py, f32>,
+    bits: u8,
+    bucket_value: &str,
+) -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<f32>>)> {
+    let value = BucketValue::from_name(bucket_value).map_err(DkError)?;
+    let x = delta.as_slice()?;
+    let (s, t) = without_gil(py, || {
+        deltackpt::parallel::install(|| exponent::quantize(x, bits, value))
+    })
+    .map_err(DkError)?;
+    Ok((PyArray1::from_vec(py, s), PyArray1::from_vec(py, t)))
+}
+
+#[pyfunction]
+#[pyo3(signature = (delta, bits=3, bucket_value="mean"))]
+fn quant_exponent_f64<'py>(
+    py: Python<'py>,
+    delta: PyReadonlyArray1<'py, f64>,
+    bits: u8,
+    bucket_value: &str,
+) -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<f64>>)> {
+    let value = BucketValue::from_name(bucket_value).map_err(DkError)?;
+    let x = delta.as_slice()?;
+    let (s, t) = without_gil(py, || {
+        deltackpt::parallel::install(|| exponent::quantize(x, bits, value))
+    })
+    .map_err(DkError)?;
+    Ok((PyArray1::from_vec(py, s), PyArray1::from_vec(py, t)))
+}
+
+#[pyfunction]
+fn num_threads() -> usize {
+    deltackpt::parallel::num_threads()
+}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(encode, m)?)?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(codec_encode, m)?)?;
+    m.add_function(wrap_pyfunction!(codec_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_exponent_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_exponent_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     Ok(())
 }

@@ -143,7 +143,9 @@ fn put_len(out: &mut Vec<u8>, n: usize) {
 
 fn peek_len(data: &[u8]) -> Result<(usize, &[u8])> {
     if data.len() < 9 {
-        return Err(Error::corrupt("symbol stream shorter than its 9-byte header"));
+        return Err(Error::corrupt(
+            "symbol stream shorter than its 9-byte header",
+        ));
     }
     let n = u64::from_le_bytes(data[1..9].try_into().unwrap());
     let n = usize::try_from(n).map_err(|_| Error::corrupt("symbol count exceeds address space"))?;
@@ -155,7 +157,9 @@ fn peek_len(data: &[u8]) -> Result<(usize, &[u8])> {
 pub(crate) fn try_alloc(n: usize) -> Result<Vec<u8>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
-        Error::corrupt(format!("stream declares {n} symbols, more than memory allows"))
+        Error::corrupt(format!(
+            "stream declares {n} symbols, more than memory allows"
+        ))
     })?;
     v.resize(n, 0);
     Ok(v)

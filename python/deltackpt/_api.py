@@ -1,0 +1,70 @@
+"""Tensor encode / decode / inspect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _core
+from ._tensors import check_reference, from_raw, to_raw
+
+QUANTIZERS = ("none", "exponent")
+CODERS = ("auto", "raw", "zstd", "gzip")
+
+
+def encode(
+    x: Any,
+    *,
+    reference: Any = None,
+    quantizer: str = "exponent",
+    bits: int = 3,
+    coder: str = "auto",
+    bucket_value: str = "mean",
+) -> bytes:
+    """Compress a numpy array or torch tensor (float32/float64/float16/bfloat16) to bytes.
+
+    With ``reference`` (same dtype and shape) the blob holds ``x - reference`` and
+    :func:`decode` needs the same reference. ``quantizer="none"`` is lossless and bit-exact
+    (with a reference the bit patterns are XORed, which is exact too); ``"exponent"`` is
+    LC-checkpoint's exponent-bucket quantizer with ``bits`` (1-8) bits per element.
+    ``bucket_value`` is ``"mean"`` (default: lowest squared error) or ``"midpoint"`` (as in
+    the source paper).
+    """
+    raw = to_raw(x, "x")
+    ref = None
+    if reference is not None:
+        ref = to_raw(reference, "reference")
+        check_reference(raw, ref)
+    return _core.encode(
+        raw.data,
+        raw.dtype,
+        raw.shape,
+        None if ref is None else ref.data,
+        quantizer=quantizer,
+        bits=bits,
+        coder=coder,
+        bucket_value=bucket_value,
+        tag=raw.tag,
+    )
+
+
+def decode(blob: bytes, *, reference: Any = None) -> Any:
+    """Decompress a blob from :func:`encode` to the same kind (numpy or torch), dtype and shape.
+
+    A blob encoded against a reference needs that exact reference (it is fingerprinted).
+    Corrupt or truncated input raises :class:`CorruptDataError`.
+    """
+    ref = None if reference is None else to_raw(reference, "reference")
+    dtype, shape, tag, data = _core.decode(blob, None if ref is None else ref.data)
+    if ref is not None and (ref.dtype != dtype or ref.shape != list(shape)):
+        from .errors import ReferenceMismatchError
+
+        raise ReferenceMismatchError(
+            f"reference is {ref.dtype} {tuple(ref.shape)} but the blob holds "
+            f"{dtype} {tuple(shape)}"
+        )
+    return from_raw(data, dtype, list(shape), tag, like=ref)
+
+
+def inspect(blob: bytes) -> dict[str, Any]:
+    """The blob's header: dtype, shape, quantizer, coder, bits, table, sizes (checksum verified)."""
+    return dict(_core.inspect(blob))

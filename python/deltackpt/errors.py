@@ -1,0 +1,36 @@
+"""The exception hierarchy. The Rust core maps its one error enum onto these classes."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeltackptError",
+    "CorruptDataError",
+    "UnsupportedError",
+    "NonFiniteError",
+    "ReferenceMismatchError",
+    "InvalidArgumentError",
+]
+
+
+class DeltackptError(Exception):
+    """Base class of every error deltackpt raises on purpose."""
+
+
+class CorruptDataError(DeltackptError):
+    """Stored bytes are truncated, modified or forged; nothing wrong was returned."""
+
+
+class UnsupportedError(DeltackptError):
+    """Valid data this version cannot read (a newer format version): upgrade deltackpt."""
+
+
+class NonFiniteError(DeltackptError, ValueError):
+    """A lossy encode or a chain save met NaN or Inf (the message gives count and index)."""
+
+
+class ReferenceMismatchError(CorruptDataError, ValueError):
+    """A reference does not match the blob or tensor (shape, dtype or content)."""
+
+
+class InvalidArgumentError(DeltackptError, ValueError):
+    """An argument is out of range or of the wrong kind."""

@@ -1,0 +1,365 @@
+//! Tensor encode/decode: the container around quantizers and entropy coders.
+
+use rayon::prelude::*;
+
+use crate::entropy::{self, Coder};
+use crate::error::{Error, Result};
+use crate::float::{self, DType};
+use crate::format::{self, Header, Quantizer, FLAG_MIDPOINT, FLAG_REFERENCE};
+use crate::lossless;
+use crate::parallel;
+use crate::quant::exponent::{self, BucketValue, ExpFloat};
+
+/// Default number of elements per independently coded chunk.
+pub const DEFAULT_CHUNK_ELEMS: usize = 1 << 18;
+
+/// A borrowed tensor: little-endian element bytes, dtype and shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Tensor<'a> {
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions, row-major (empty for a 0-d tensor).
+    pub shape: &'a [u64],
+    /// `numel × dtype.size()` bytes, little-endian.
+    pub data: &'a [u8],
+}
+
+/// A decoded tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// The caller's tag byte from the header.
+    pub tag: u8,
+    /// Little-endian element bytes.
+    pub data: Vec<u8>,
+}
+
+/// How to encode a tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeOptions {
+    /// Lossless (`None`) or a lossy quantizer.
+    pub quantizer: Quantizer,
+    /// Quantizer bit width (1–8 for the exponent quantizer; ignored when lossless).
+    pub bits: u8,
+    /// Entropy coder for symbol streams and byte planes.
+    pub coder: Coder,
+    /// Representative value of exponent buckets.
+    pub bucket_value: BucketValue,
+    /// Elements per independently coded chunk (the unit of parallelism).
+    pub chunk_elems: usize,
+    /// A byte stored in the header for the caller's own use (see [`Header::tag`]).
+    pub tag: u8,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            quantizer: Quantizer::Exponent,
+            bits: 3,
+            coder: Coder::Auto,
+            bucket_value: BucketValue::Mean,
+            chunk_elems: DEFAULT_CHUNK_ELEMS,
+            tag: 0,
+        }
+    }
+}
+
+fn numel(shape: &[u64]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| Error::invalid("shape overflows the address space"))
+}
+
+/// Encode `x` (optionally as a delta against `reference`, which must have the same dtype and
+/// shape) into a self-describing blob.
+///
+/// ```
+/// use deltackpt::{encode, decode, EncodeOptions, Quantizer, Tensor, DType};
+/// let values: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.01).sin()).collect();
+/// let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let x = Tensor { dtype: DType::F32, shape: &[10, 100], data: &bytes };
+/// let lossless = EncodeOptions { quantizer: Quantizer::None, ..Default::default() };
+/// let blob = encode(x, None, &lossless).unwrap();
+/// assert_eq!(decode(&blob, None).unwrap().data, bytes);
+/// ```
+pub fn encode(x: Tensor<'_>, reference: Option<&[u8]>, opts: &EncodeOptions) -> Result<Vec<u8>> {
+    let n = numel(x.shape)?;
+    let size = x.dtype.size();
+    if x.data.len() != n * size {
+        return Err(Error::invalid(format!(
+            "data holds {} bytes; shape {:?} of {} needs {}",
+            x.data.len(),
+            x.shape,
+            x.dtype.name(),
+            n * size
+        )));
+    }
+    if x.shape.len() > 255 {
+        return Err(Error::invalid("tensors may have at most 255 dimensions"));
+    }
+    if let Some(r) = reference {
+        if r.len() != x.data.len() {
+            return Err(Error::ReferenceMismatch(format!(
+                "reference holds {} bytes, the tensor {}: they must have the same shape and dtype",
+                r.len(),
+                x.data.len()
+            )));
+        }
+    }
+    if opts.chunk_elems == 0 {
+        return Err(Error::invalid("chunk_elems must be positive"));
+    }
+    let mut header = Header {
+        dtype: x.dtype,
+        shape: x.shape.to_vec(),
+        quantizer: opts.quantizer,
+        coder: opts.coder,
+        bits: 0,
+        flags: 0,
+        reference_hash: reference.map(xxhash_rust::xxh3::xxh3_64),
+        params: Vec::new(),
+        chunk_elems: opts.chunk_elems as u64,
+        chunk_sizes: Vec::new(),
+        tag: opts.tag,
+    };
+    if reference.is_some() {
+        header.flags |= FLAG_REFERENCE;
+    }
+    let chunks = parallel::install(|| match opts.quantizer {
+        Quantizer::None => lossless::encode_chunks(x.dtype, x.data, reference, opts),
+        Quantizer::Exponent => {
+            header.bits = opts.bits;
+            if opts.bucket_value == BucketValue::Midpoint {
+                header.flags |= FLAG_MIDPOINT;
+            }
+            encode_exponent(x, reference, opts, &mut header.params)
+        }
+    })?;
+    header.chunk_sizes = chunks.iter().map(|c| c.len() as u64).collect();
+    Ok(format::write(&header, &chunks))
+}
+
+/// The working-precision delta `x − reference` (or `x`).
+fn delta_f32(dtype: DType, data: &[u8], reference: Option<&[u8]>, chunk: usize) -> Vec<f32> {
+    let size = dtype.size();
+    let n = data.len() / size;
+    let mut d = vec![0f32; n];
+    d.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
+        let lo = i * chunk * size;
+        let hi = lo + out.len() * size;
+        float::to_f32(dtype, &data[lo..hi], out);
+        if let Some(r) = reference {
+            let mut rv = vec![0f32; out.len()];
+            float::to_f32(dtype, &r[lo..hi], &mut rv);
+            for (o, r) in out.iter_mut().zip(&rv) {
+                *o -= r;
+            }
+        }
+    });
+    d
+}
+
+fn delta_f64(data: &[u8], reference: Option<&[u8]>, chunk: usize) -> Vec<f64> {
+    let n = data.len() / 8;
+    let mut d = vec![0f64; n];
+    d.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
+        let lo = i * chunk * 8;
+        let hi = lo + out.len() * 8;
+        float::to_f64(&data[lo..hi], out);
+        if let Some(r) = reference {
+            for (o, c) in out.iter_mut().zip(r[lo..hi].chunks_exact(8)) {
+                *o -= f64::from_le_bytes(c.try_into().unwrap());
+            }
+        }
+    });
+    d
+}
+
+fn encode_exponent(
+    x: Tensor<'_>,
+    reference: Option<&[u8]>,
+    opts: &EncodeOptions,
+    params: &mut Vec<u8>,
+) -> Result<Vec<Vec<u8>>> {
+    let with_context = |e: Error| match e {
+        Error::NonFinite {
+            count, first_index, ..
+        } if reference.is_some() => Error::NonFinite {
+            count,
+            first_index,
+            context: " in the delta x − reference (in x, the reference, or an overflow)".into(),
+        },
+        e => e,
+    };
+    let symbols = if x.dtype == DType::F64 {
+        let d = delta_f64(x.data, reference, opts.chunk_elems);
+        let mut s = vec![0u8; d.len()];
+        let table = exponent::quantize_into(&d, opts.bits, opts.bucket_value, &mut s)
+            .map_err(with_context)?;
+        write_table(&table, params);
+        s
+    } else {
+        let d = delta_f32(x.dtype, x.data, reference, opts.chunk_elems);
+        let mut s = vec![0u8; d.len()];
+        let table = exponent::quantize_into(&d, opts.bits, opts.bucket_value, &mut s)
+            .map_err(with_context)?;
+        write_table(&table, params);
+        s
+    };
+    symbols
+        .par_chunks(opts.chunk_elems)
+        .map(|c| entropy::encode(c, opts.coder))
+        .collect()
+}
+
+fn write_table<T: ExpFloat + TableBytes>(table: &[T], params: &mut Vec<u8>) {
+    params.push(table.len() as u8);
+    for v in table {
+        v.put(params);
+    }
+}
+
+/// Little-endian serialization of table values.
+trait TableBytes {
+    fn put(&self, out: &mut Vec<u8>);
+}
+impl TableBytes for f32 {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+impl TableBytes for f64 {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+
+/// Read a blob's header without decoding its payload (the checksum is verified).
+pub fn inspect(blob: &[u8]) -> Result<Header> {
+    Ok(format::read(blob)?.0)
+}
+
+/// Decode a blob. A blob encoded against a reference needs the same reference (checked
+/// against the fingerprint stored in the blob).
+pub fn decode(blob: &[u8], reference: Option<&[u8]>) -> Result<Decoded> {
+    let (header, chunks) = format::read(blob)?;
+    let n = header.numel()? as usize;
+    let mut data = entropy::try_alloc(n * header.dtype.size())?;
+    decode_parsed(&header, &chunks, reference, &mut data)?;
+    Ok(Decoded {
+        dtype: header.dtype,
+        shape: header.shape,
+        tag: header.tag,
+        data,
+    })
+}
+
+/// Decode a blob into `out` (which must hold exactly the tensor's bytes); returns the header.
+pub fn decode_into(blob: &[u8], reference: Option<&[u8]>, out: &mut [u8]) -> Result<Header> {
+    let (header, chunks) = format::read(blob)?;
+    let n = header.numel()? as usize;
+    if out.len() != n * header.dtype.size() {
+        return Err(Error::invalid(format!(
+            "output buffer holds {} bytes; the tensor needs {}",
+            out.len(),
+            n * header.dtype.size()
+        )));
+    }
+    decode_parsed(&header, &chunks, reference, out)?;
+    Ok(header)
+}
+
+fn decode_parsed(
+    header: &Header,
+    chunks: &[&[u8]],
+    reference: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    match (header.reference_hash, reference) {
+        (None, Some(_)) => {
+            return Err(Error::ReferenceMismatch(
+                "this blob was encoded without a reference; decode it without one".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(Error::ReferenceMismatch(
+                "this blob is a delta: pass the reference it was encoded against".into(),
+            ))
+        }
+        (Some(h), Some(r)) => {
+            if r.len() != out.len() {
+                return Err(Error::ReferenceMismatch(format!(
+                    "reference holds {} bytes; the blob's tensor ({} {:?}) needs {}",
+                    r.len(),
+                    header.dtype.name(),
+                    header.shape,
+                    out.len()
+                )));
+            }
+            if xxhash_rust::xxh3::xxh3_64(r) != h {
+                return Err(Error::ReferenceMismatch(
+                    "the reference differs from the one this blob was encoded against".into(),
+                ));
+            }
+        }
+        (None, None) => {}
+    }
+    let chunk_elems = header.chunk_elems as usize;
+    parallel::install(|| match header.quantizer {
+        Quantizer::None => {
+            lossless::decode_chunks(header.dtype, chunks, chunk_elems, reference, out)
+        }
+        Quantizer::Exponent => decode_exponent(header, chunks, chunk_elems, reference, out),
+    })
+}
+
+fn decode_exponent(
+    header: &Header,
+    chunks: &[&[u8]],
+    chunk_elems: usize,
+    reference: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let dtype = header.dtype;
+    let size = dtype.size();
+    let table = header.table()?;
+    if header.bits == 0 || header.bits > 8 || table.len() > (1usize << header.bits) - 1 {
+        return Err(Error::corrupt(
+            "exponent table larger than its bit width allows",
+        ));
+    }
+    let chunk_bytes = chunk_elems * size;
+    let t32: Vec<f32> = table.iter().map(|&v| v as f32).collect();
+    out.par_chunks_mut(chunk_bytes)
+        .zip(chunks.par_iter())
+        .enumerate()
+        .try_for_each(|(i, (o, c))| -> Result<()> {
+            let m = o.len() / size;
+            let mut sym = vec![0u8; m];
+            entropy::decode_into(c, &mut sym)?;
+            let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + o.len()]);
+            if dtype == DType::F64 {
+                let mut base = vec![0f64; m];
+                if let Some(r) = r {
+                    float::to_f64(r, &mut base);
+                }
+                let mut v = vec![0f64; m];
+                exponent::dequantize_add(&sym, &table, &base, &mut v)?;
+                float::from_f64(&v, o);
+            } else {
+                let mut base = vec![0f32; m];
+                if let Some(r) = r {
+                    float::to_f32(dtype, r, &mut base);
+                }
+                let mut v = vec![0f32; m];
+                exponent::dequantize_add(&sym, &t32, &base, &mut v)?;
+                float::from_f32(dtype, &v, o);
+            }
+            Ok(())
+        })
+}

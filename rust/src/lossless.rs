@@ -1,0 +1,79 @@
+//! Lossless, bit-exact coding of float tensors by byte planes.
+//!
+//! Each chunk of elements is split into byte planes after moving the sign bit to the bottom
+//! (see [`crate::float::split_planes`]); with a reference, elements are XORed with it first,
+//! so that the bits two close tensors share become zero planes. Each plane is then coded on
+//! its own: the exponent plane is highly skewed, the low mantissa planes are nearly random
+//! and end up stored raw. Every bit pattern (NaN payloads, −0.0, subnormals, ±Inf) survives.
+//!
+//! Chunk layout: for each plane, `u32` stream length then the symbol stream.
+
+use rayon::prelude::*;
+
+use crate::codec::EncodeOptions;
+use crate::entropy;
+use crate::error::{Error, Result};
+use crate::float::{self, DType};
+
+pub(crate) fn encode_chunks(
+    dtype: DType,
+    data: &[u8],
+    reference: Option<&[u8]>,
+    opts: &EncodeOptions,
+) -> Result<Vec<Vec<u8>>> {
+    let size = dtype.size();
+    let chunk_bytes = opts.chunk_elems * size;
+    data.par_chunks(chunk_bytes)
+        .enumerate()
+        .map(|(i, c)| {
+            let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + c.len()]);
+            let mut planes = vec![Vec::new(); size];
+            float::split_planes(size, c, r, &mut planes);
+            let mut out = Vec::with_capacity(c.len() + 16 * size);
+            for p in &planes {
+                let at = out.len();
+                out.extend_from_slice(&[0u8; 4]);
+                entropy::encode_into(p, opts.coder, &mut out)?;
+                let len = (out.len() - at - 4) as u32;
+                out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+pub(crate) fn decode_chunks(
+    dtype: DType,
+    chunks: &[&[u8]],
+    chunk_elems: usize,
+    reference: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let size = dtype.size();
+    let chunk_bytes = chunk_elems * size;
+    out.par_chunks_mut(chunk_bytes)
+        .zip(chunks.par_iter())
+        .enumerate()
+        .try_for_each(|(i, (o, c))| {
+            let m = o.len() / size;
+            let mut planes = vec![vec![0u8; m]; size];
+            let mut rest: &[u8] = c;
+            for p in planes.iter_mut() {
+                if rest.len() < 4 {
+                    return Err(Error::corrupt("lossless chunk truncated"));
+                }
+                let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+                if rest.len() - 4 < len {
+                    return Err(Error::corrupt("lossless plane overruns its chunk"));
+                }
+                entropy::decode_into(&rest[4..4 + len], p)?;
+                rest = &rest[4 + len..];
+            }
+            if !rest.is_empty() {
+                return Err(Error::corrupt("trailing bytes in a lossless chunk"));
+            }
+            let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + o.len()]);
+            float::merge_planes(size, &planes, r, o);
+            Ok(())
+        })
+}
