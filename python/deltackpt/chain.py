@@ -394,6 +394,16 @@ class CheckpointChain:
     local directory or an fsspec URL. ``mode="a"`` takes the writer lock (one writer at a time;
     a stale lock of a dead process on this host is recovered); ``mode="r"`` only reads and never
     needs the lock. Use it as a context manager, or call :meth:`close`.
+
+    Parameters: ``bits`` of the exponent quantizer for steps; ``anchor_every`` (S) the anchor
+    period, each level multiplying it; ``keyframe_every`` steps between periodic exact
+    keyframes (None: only the first save, branch points and ``exact=True``);
+    ``optimizer_bits`` for optimizer moments (default ``bits``); ``anchor_bits`` for anchors
+    (default ``bits + 1``); ``max_to_keep`` / ``keep_every`` retention on the current branch
+    (records that a kept step, a branch point or the writer depends on are never deleted, and
+    stay listed); ``async_save`` encodes and writes in one background thread (one save in
+    flight); ``group_below`` tensors with fewer elements share one file per save; ``coder``
+    is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in parallel on restore.
     """
 
     def __init__(
@@ -410,6 +420,7 @@ class CheckpointChain:
         async_save: bool = False,
         mode: str = "a",
         group_below: int = 4096,
+        coder: str = "auto",
         threads: int | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -427,6 +438,7 @@ class CheckpointChain:
         self.max_to_keep = max_to_keep
         self.keep_every = keep_every
         self.group_below = group_below
+        self.coder = coder
         self.mode = mode
         self.threads = threads or min(4, os.cpu_count() or 1)
         self.store = open_store(path_or_url, **(storage_options or {}))
@@ -679,7 +691,7 @@ class CheckpointChain:
                 if not leaf.is_float or leaf.numel < 2:
                     mode, blob = "raw", _raw_bytes(x)
                 elif base_lv is None or base_lv.meta.get(leaf.path) != key:
-                    mode, blob = "key", encode(x, quantizer="none")
+                    mode, blob = "key", encode(x, quantizer="none", coder=self.coder)
                     recon[leaf.path], meta[leaf.path] = x, key
                 else:
                     b = self.optimizer_bits if leaf.optimizer else self.bits
@@ -687,7 +699,9 @@ class CheckpointChain:
                         b = min(b + (self.anchor_bits - self.bits), 8)
                     ref = base_lv.recon[leaf.path]
                     try:
-                        blob = encode(x, reference=ref, quantizer="exponent", bits=b)
+                        blob = encode(
+                            x, reference=ref, quantizer="exponent", bits=b, coder=self.coder
+                        )
                     except NonFiniteError as e:
                         raise type(e)(f"tensor {leaf.path}: {e}") from e
                     r = decode(blob, reference=ref)
