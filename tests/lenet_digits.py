@@ -26,12 +26,17 @@ class LeNet5(nn.Module):
 
 
 def digits(n: int = 1000, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``offset .. offset+n`` of the digits set as (N, 1, 32, 32) floats in [0, 1]."""
+    """Images ``offset .. offset+n`` of the digits set as normalized (N, 1, 32, 32) floats.
+
+    Pixels are scaled to [0, 1], upsampled bilinearly and normalized with the usual MNIST
+    mean/std (0.1307, 0.3081), without which plain SGD at lr 0.01 barely trains in 20 epochs.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.tensor(d.images[offset : offset + n], dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x - 0.1307) / 0.3081
     y = torch.tensor(d.target[offset : offset + n], dtype=torch.long)
     return x, y
 

@@ -21,9 +21,11 @@ tensor (keyframe, then the anchors of each level, then at most ``anchor_every - 
 per level (a stack of decreasing levels) plus a copy of the latest true state (for
 :meth:`CheckpointChain.branch_point`).
 
-Exact storage: integer/bool tensors, float tensors with fewer than 2 elements, and float tensors
-of keyframes. Plain values (None, bool, int, float, str, and lists/tuples/dicts of them) are
-stored as JSON. Anything else is refused: nothing is pickled and loading never executes code.
+Exact storage: integer/bool tensors, float tensors with fewer than 2 elements, float tensors of
+keyframes, and any float tensor whose coded blob would not be smaller than its raw bytes (tiny
+biases; such a raw copy then starts that tensor's delta chain). Plain values (None, bool, int,
+float, str, and lists/tuples/dicts of them) are stored as JSON.
+Anything else is refused: nothing is pickled and loading never executes code.
 Tensors named ``exp_avg_sq``/``max_exp_avg_sq`` are clamped at 0 after decoding (on both sides,
 so writer and reader still agree bit for bit); tensors under an optimizer (an object with
 ``param_groups`` or a key containing ``optim``) or named like Adam/SGD moments use
@@ -38,7 +40,8 @@ File layout (all files framed and checksummed by :mod:`deltackpt.store`)
 ``data/<branch>/<step>-<token>.grp`` the tensors under ``group_below`` elements of one save,
 concatenated; ``data/<branch>/<step>-<token>-<i>.blob`` one larger tensor each;
 ``records/<branch>/<step>.json`` (zlib-compressed JSON) the save's manifest: kind, level, base,
-values, per-tensor ``[mode, file, offset, length]``. The record is written last: it is the commit.
+values, per-tensor ``[mode, file index, offset, length]`` (mode ``key``/``delta``/``raw``), the
+data files' common prefix and count. The record is written last: it is the commit.
 """
 
 from __future__ import annotations
@@ -307,7 +310,8 @@ class _Record:
             "schema": self.schema,
             "values": self.values,
             "entries": self.entries,
-            "files": self.files,
+            "prefix": self.files[0][: -len(".grp")],
+            "nfiles": len(self.files),
             "bits": self.bits,
             "raw_bytes": self.raw_bytes,
             "time": self.time,
@@ -330,7 +334,7 @@ class _Record:
             schema=str(d["schema"]),
             values=list(d["values"]),
             entries=[list(e) for e in d["entries"]],
-            files=[str(f) for f in d["files"]],
+            files=_file_names(str(d["prefix"]), int(d["nfiles"])),
             bits=int(d["bits"]),
             raw_bytes=int(d["raw_bytes"]),
             time=float(d["time"]),
@@ -345,6 +349,13 @@ class _Schema:
 
     def __post_init__(self) -> None:
         self.index = {t["path"]: i for i, t in enumerate(self.tensors)}
+
+
+def _file_names(prefix: str, n: int) -> list[str]:
+    """Data files of a record: the group file, then one file per large tensor."""
+    if not prefix.startswith("data/") or ".." in prefix or n < 1:
+        raise _corrupt(f"bad data prefix {prefix!r}")
+    return [f"{prefix}.grp"] + [f"{prefix}-{i}.blob" for i in range(1, n)]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -707,6 +718,10 @@ class CheckpointChain:
                     r = decode(blob, reference=ref)
                     recon[leaf.path] = _clamp0(r) if leaf.nonneg else r
                     meta[leaf.path], mode = key, "delta"
+                if mode != "raw" and len(blob) >= leaf.numel * itemsize:
+                    # tiny tensors: the exact bytes are smaller than a coded blob
+                    mode, blob = "raw", _raw_bytes(x)
+                    recon[leaf.path] = x
                 if (mode != "raw" and leaf.numel >= self.group_below) or len(blob) > 1 << 20:
                     name = f"{prefix}-{len(files)}.blob"
                     self.store.write(name, blob)
@@ -984,8 +999,8 @@ class CheckpointChain:
         sch = self._schema(rec.schema)
         idx = [
             i
-            for i, e in enumerate(rec.entries)
-            if not delta_only or (e and e[0] in ("key", "delta"))
+            for i, t in enumerate(sch.tensors)
+            if not delta_only or (t["dtype"] in _FLOAT_DTYPES and math.prod(t["shape"]) >= 2)
         ]
         tensors, _ = self._decode_tensors(rec, sch, idx)
         recon, meta = {}, {}
@@ -1046,12 +1061,13 @@ class CheckpointChain:
         first_rec, first, _ = chain[-1]
         blob = self._blob(first_rec, first, cache)
         if first[0] == "raw":
-            if len(chain) != 1:
-                raise _corrupt(f"tensor {path}: delta against a raw tensor")
-            return _from_raw(blob, meta["lib"], meta["dtype"], list(meta["shape"]))
-        if first[0] != "key":
+            x = _from_raw(blob, meta["lib"], meta["dtype"], list(meta["shape"]))
+            if len(chain) == 1:
+                return x
+        elif first[0] == "key":
+            x = decode(blob)
+        else:
             raise _corrupt(f"tensor {path}: unknown mode {first[0]!r}")
-        x = decode(blob)
         for r, entry, nonneg in reversed(chain[:-1]):
             x = decode(self._blob(r, entry, cache), reference=x)
             if nonneg:
