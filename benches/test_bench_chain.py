@@ -7,12 +7,15 @@ Run: ``pytest benches/test_bench_chain.py --benchmark-only``. States are LeNet-5
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
-import deltackpt as dk
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+import deltackpt as dk  # noqa: E402
 
 SIZES = {"lenet": [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,), (84, 120),
                    (84,), (10, 84), (10,)],

@@ -82,6 +82,8 @@ def test_every_step_restores_within_the_quantizer_bound(
         assert chain.steps() == sorted(truth)
         kinds = {chain.info(s)["kind"] for s in truth}
         assert kinds == {"keyframe", "anchor", "step"}
+        levels = {chain.info(s)["level"] for s in truth if chain.info(s)["kind"] != "keyframe"}
+        assert levels == {0, 1, 2}  # anchors of anchors: ordinals 16 (4^2) of each keyframe period
         for s, true in truth.items():
             st = chain.restore(s)
             info = chain.info(s)

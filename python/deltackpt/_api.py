@@ -59,8 +59,7 @@ def decode(blob: bytes, *, reference: Any = None) -> Any:
         from .errors import ReferenceMismatchError
 
         raise ReferenceMismatchError(
-            f"reference is {ref.dtype} {tuple(ref.shape)} but the blob holds "
-            f"{dtype} {tuple(shape)}"
+            f"reference is {ref.dtype} {tuple(ref.shape)} but the blob holds {dtype} {tuple(shape)}"
         )
     return from_raw(data, dtype, list(shape), tag, like=ref)
 

@@ -27,8 +27,8 @@ def _torch() -> Any:
 def is_torch(x: Any) -> bool:
     """True when `x` is a torch tensor (without importing torch unless it is loaded)."""
     t = type(x)
-    return t.__module__.startswith("torch") and _torch() is not None and isinstance(
-        x, _torch().Tensor
+    return (
+        t.__module__.startswith("torch") and _torch() is not None and isinstance(x, _torch().Tensor)
     )
 
 

@@ -255,11 +255,15 @@ def _clamp0(x: Any) -> Any:
 
 
 def _check_finite(leaf: _Leaf) -> None:
+    """Raise NonFiniteError (count, first index, tensor name) if ``leaf`` has NaN or Inf."""
     x = leaf.value
-    if isinstance(x, np.ndarray):
-        bad = ~np.isfinite(x.reshape(-1))
+    if isinstance(x, np.ndarray) or leaf.dtype != "bfloat16":
+        a = (x if isinstance(x, np.ndarray) else x.numpy()).reshape(-1)
+        if np.isfinite(a).all():  # fast path: one vectorized pass, no temporaries kept
+            return
+        bad = ~np.isfinite(a)
         count = int(bad.sum())
-        first = int(np.argmax(bad)) if count else 0
+        first = int(np.argmax(bad))
     else:
         torch = _torch()
         badt = ~torch.isfinite(x.reshape(-1))
@@ -724,7 +728,7 @@ class CheckpointChain:
                     recon[leaf.path] = x
                 if (mode != "raw" and leaf.numel >= self.group_below) or len(blob) > 1 << 20:
                     name = f"{prefix}-{len(files)}.blob"
-                    self.store.write(name, blob)
+                    self.store.write(name, blob, sync_dir=False)
                     written.append(name)
                     entries.append([mode, len(files), 0, len(blob)])
                     files.append(name)
@@ -732,7 +736,7 @@ class CheckpointChain:
                     entries.append([mode, 0, group_len, len(blob)])
                     group.append(blob)
                     group_len += len(blob)
-            self.store.write(files[0], b"".join(group))
+            self.store.write(files[0], b"".join(group), sync_dir=False)
             written.append(files[0])
             schema = {
                 "tree": snap.tree,
@@ -750,7 +754,7 @@ class CheckpointChain:
             sraw = _dumps(schema)
             digest = hashlib.blake2b(sraw, digest_size=16).hexdigest()
             if digest not in self._schemas and not self.store.exists(f"schemas/{digest}.json"):
-                self.store.write(f"schemas/{digest}.json", sraw)
+                self.store.write(f"schemas/{digest}.json", sraw)  # rare: synced at once
             rec = _Record(
                 branch=branch,
                 step=step,
@@ -767,6 +771,7 @@ class CheckpointChain:
                 time=time.time(),
             )
             old = self._record((branch, step)) if replace else None
+            self.store.sync_dirs({f"data/{branch}"})  # data durable before the commit
             self.store.write(_record_name(branch, step), zlib.compress(_dumps(rec.to_json()), 6))
         except BaseException:
             for name in written:

@@ -20,8 +20,10 @@ def exponent(delta: Any, bits: int = 3, *, bucket_value: str = "mean") -> tuple[
     inputs are quantized in float32 (table float32), float64 in float64.
     """
     if hasattr(delta, "detach"):
-        delta = delta.detach().cpu().float().numpy() if delta.dtype != _f64(delta) else (
-            delta.detach().cpu().numpy()
+        delta = (
+            delta.detach().cpu().float().numpy()
+            if delta.dtype != _f64(delta)
+            else (delta.detach().cpu().numpy())
         )
     a = np.asarray(delta)
     if a.dtype == np.float64:

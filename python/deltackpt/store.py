@@ -115,9 +115,16 @@ class Store:
 
     url: str
 
-    def write(self, name: str, payload: bytes) -> None:
-        """Atomically write ``payload`` (framed with a checksum) under ``name``."""
+    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
+        """Atomically write ``payload`` (framed with a checksum) under ``name``.
+
+        With ``sync_dir=False`` the rename is not yet durable: call :meth:`sync_dirs` on the
+        file's folder before relying on it (batches one directory fsync over many files).
+        """
         raise NotImplementedError
+
+    def sync_dirs(self, folders: set[str]) -> None:
+        """Make the renames done in ``folders`` durable (no-op where there is no fsync)."""
 
     def read(self, name: str) -> bytes:
         """Read and verify ``name``; ``CorruptDataError`` if it fails its checksum."""
@@ -209,7 +216,7 @@ class LocalStore(Store):
             os.mkdir(path)
         self._fsync_dir(parent)
 
-    def write(self, name: str, payload: bytes) -> None:
+    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
         final = self._path(name)
         folder = os.path.dirname(final)
         self._makedirs(folder)
@@ -227,7 +234,12 @@ class LocalStore(Store):
             raise
         os.close(fd)
         os.replace(tmp, final)
-        self._fsync_dir(folder)
+        if sync_dir:
+            self._fsync_dir(folder)
+
+    def sync_dirs(self, folders: set[str]) -> None:
+        for folder in sorted(folders):
+            self._fsync_dir(self._path(folder))
 
     def read_raw(self, name: str) -> bytes:
         with open(self._path(name), "rb") as f:
@@ -311,7 +323,8 @@ class FsspecStore(Store):
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}" if name else self.root
 
-    def write(self, name: str, payload: bytes) -> None:
+    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
+        del sync_dir  # no fsync on fsspec file systems
         final = self._path(name)
         folder = final.rsplit("/", 1)[0]
         self.fs.makedirs(folder, exist_ok=True)
