@@ -31,7 +31,12 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
+_PY = os.path.join(HERE, "..", "python")
+if any(  # the in-tree package when built in place, else the installed one
+    n.startswith("_core.") and n.endswith((".so", ".pyd"))
+    for n in os.listdir(os.path.join(_PY, "deltackpt"))
+):
+    sys.path.insert(0, _PY)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import deltackpt as dk  # noqa: E402

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+_PY = Path(__file__).resolve().parents[1] / "python"
+if any(p.suffix in (".so", ".pyd") for p in (_PY / "deltackpt").glob("_core.*")):
+    sys.path.insert(0, str(_PY))  # the in-tree package when built in place
 import deltackpt as dk  # noqa: E402
 
 SIZES = {"lenet": [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,), (84, 120),

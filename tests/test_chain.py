@@ -27,7 +27,8 @@ from deltackpt.store import HEADER, LocalStore
 sys.path.insert(0, os.path.dirname(__file__))
 from lenet_digits import LeNet5, accuracy, digits
 
-PY_DIR = str(Path(__file__).resolve().parents[1] / "python")
+# the directory holding the deltackpt package under test (in-tree build or installed wheel)
+PY_DIR = str(Path(dk.__file__).resolve().parents[1])
 EPS32 = float(np.finfo(np.float32).eps)
 
 

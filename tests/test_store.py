@@ -23,7 +23,8 @@ from deltackpt.store import (
     open_store,
 )
 
-PY_DIR = str(Path(__file__).resolve().parents[1] / "python")
+# the directory holding the deltackpt package under test (in-tree build or installed wheel)
+PY_DIR = str(Path(dk.__file__).resolve().parents[1])
 
 
 def _stores(tmp_path: Path) -> list[Store]:

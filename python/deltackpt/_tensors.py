@@ -114,12 +114,6 @@ def from_raw(
     want_torch = like.tag == TAG_TORCH if like is not None else tag == TAG_TORCH
     torch = _torch() if want_torch else None
     if torch is not None:
-        tdt = {
-            "float32": torch.float32,
-            "float64": torch.float64,
-            "float16": torch.float16,
-            "bfloat16": torch.bfloat16,
-        }[dtype]
         if dtype == "bfloat16":
             t = torch.from_numpy(data.view(np.int16)).view(torch.bfloat16)
         else:

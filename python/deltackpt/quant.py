@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._tensors import is_torch
 from .errors import InvalidArgumentError
 
 __all__ = ["exponent"]
@@ -19,12 +20,9 @@ def exponent(delta: Any, bits: int = 3, *, bucket_value: str = "mean") -> tuple[
     the values of symbols ``1..len(table)``; symbol 0 stands for 0. float32/float16/bfloat16
     inputs are quantized in float32 (table float32), float64 in float64.
     """
-    if hasattr(delta, "detach"):
-        delta = (
-            delta.detach().cpu().float().numpy()
-            if delta.dtype != _f64(delta)
-            else (delta.detach().cpu().numpy())
-        )
+    if is_torch(delta):
+        t = delta.detach().cpu()
+        delta = t.numpy() if str(t.dtype) == "torch.float64" else t.float().numpy()
     a = np.asarray(delta)
     if a.dtype == np.float64:
         return _core.quant_exponent_f64(np.ascontiguousarray(a.reshape(-1)), bits, bucket_value)
@@ -32,9 +30,3 @@ def exponent(delta: Any, bits: int = 3, *, bucket_value: str = "mean") -> tuple[
         raise InvalidArgumentError(f"delta must be a float array, not {a.dtype}")
     a32 = np.ascontiguousarray(a.reshape(-1).astype(np.float32, copy=False))
     return _core.quant_exponent_f32(a32, bits, bucket_value)
-
-
-def _f64(t: Any) -> Any:
-    import torch
-
-    return torch.float64

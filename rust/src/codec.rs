@@ -343,22 +343,48 @@ fn decode_exponent(
             let mut sym = vec![0u8; m];
             entropy::decode_into(c, &mut sym)?;
             let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + o.len()]);
-            if dtype == DType::F64 {
-                let mut base = vec![0f64; m];
-                if let Some(r) = r {
-                    float::to_f64(r, &mut base);
+            exponent::check_symbols(&sym, table.len())?;
+            match dtype {
+                DType::F32 => {
+                    // The hot path: one fused pass, symbol -> value (+ reference) -> bytes.
+                    let lut = exponent::lookup_table(&t32);
+                    let outs = o.chunks_exact_mut(4).zip(&sym);
+                    match r {
+                        Some(r) => {
+                            for ((o, s), rc) in outs.zip(r.chunks_exact(4)) {
+                                let base = f32::from_le_bytes(rc.try_into().unwrap());
+                                o.copy_from_slice(&(base + lut[*s as usize]).to_le_bytes());
+                            }
+                        }
+                        None => {
+                            for (o, s) in outs {
+                                o.copy_from_slice(&lut[*s as usize].to_le_bytes());
+                            }
+                        }
+                    }
                 }
-                let mut v = vec![0f64; m];
-                exponent::dequantize_add(&sym, &table, &base, &mut v)?;
-                float::from_f64(&v, o);
-            } else {
-                let mut base = vec![0f32; m];
-                if let Some(r) = r {
-                    float::to_f32(dtype, r, &mut base);
+                DType::F64 => {
+                    let mut v = vec![0f64; m];
+                    if let Some(r) = r {
+                        float::to_f64(r, &mut v);
+                    }
+                    let lut = exponent::lookup_table(&table);
+                    for (v, s) in v.iter_mut().zip(&sym) {
+                        *v += lut[*s as usize];
+                    }
+                    float::from_f64(&v, o);
                 }
-                let mut v = vec![0f32; m];
-                exponent::dequantize_add(&sym, &t32, &base, &mut v)?;
-                float::from_f32(dtype, &v, o);
+                DType::F16 | DType::BF16 => {
+                    let mut v = vec![0f32; m];
+                    if let Some(r) = r {
+                        float::to_f32(dtype, r, &mut v);
+                    }
+                    let lut = exponent::lookup_table(&t32);
+                    for (v, s) in v.iter_mut().zip(&sym) {
+                        *v += lut[*s as usize];
+                    }
+                    float::from_f32(dtype, &v, o);
+                }
             }
             Ok(())
         })

@@ -164,7 +164,24 @@ pub fn split_planes(size: usize, bytes: &[u8], xor: Option<&[u8]>, planes: &mut 
     }
     match size {
         2 => split!(u16, 2),
-        4 => split!(u32, 4),
+        4 => {
+            // The common case, written out so the compiler keeps all four planes in registers.
+            let [p0, p1, p2, p3] = planes else {
+                unreachable!("four planes")
+            };
+            let outs = p0
+                .iter_mut()
+                .zip(p1.iter_mut())
+                .zip(p2.iter_mut().zip(p3.iter_mut()));
+            for (i, ((a, b), (c, d))) in outs.enumerate() {
+                let mut v = u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
+                if let Some(r) = xor {
+                    v ^= u32::from_le_bytes(r[i * 4..i * 4 + 4].try_into().unwrap());
+                }
+                let [x0, x1, x2, x3] = v.rotate_left(1).to_be_bytes();
+                (*a, *b, *c, *d) = (x0, x1, x2, x3);
+            }
+        }
         8 => split!(u64, 8),
         _ => unreachable!("element sizes are 2, 4 or 8"),
     }
@@ -190,7 +207,18 @@ pub fn merge_planes(size: usize, planes: &[Vec<u8>], xor: Option<&[u8]>, out: &m
     }
     match size {
         2 => merge!(u16, 2),
-        4 => merge!(u32, 4),
+        4 => {
+            let [p0, p1, p2, p3] = planes else {
+                unreachable!("four planes")
+            };
+            for (i, o) in out.chunks_exact_mut(4).enumerate() {
+                let mut v = u32::from_be_bytes([p0[i], p1[i], p2[i], p3[i]]).rotate_right(1);
+                if let Some(r) = xor {
+                    v ^= u32::from_le_bytes(r[i * 4..i * 4 + 4].try_into().unwrap());
+                }
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
         8 => merge!(u64, 8),
         _ => unreachable!("element sizes are 2, 4 or 8"),
     }

@@ -36,3 +36,8 @@ pub use error::{Error, Result};
 pub use float::DType;
 pub use format::{Header, Quantizer};
 pub use quant::exponent::BucketValue;
+
+/// The README's Rust example, compiled and run as a doc-test.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -48,6 +48,11 @@ impl From<DkError> for PyErr {
     }
 }
 
+/// `(dtype name, shape, tag, element bytes)` of a decoded tensor.
+type DecodedTuple<'py> = (String, Vec<u64>, u8, Bound<'py, PyArray1<u8>>);
+/// `(symbols, table)` of the exponent quantizer.
+type SymbolsTable<'py, T> = (Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<T>>);
+
 /// Run heavy work without the GIL: the one helper every binding uses.
 fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.detach(f)
@@ -94,7 +99,7 @@ fn decode<'py>(
     py: Python<'py>,
     blob: &[u8],
     reference: Option<PyReadonlyArray1<'py, u8>>,
-) -> PyResult<(String, Vec<u64>, u8, Bound<'py, PyArray1<u8>>)> {
+) -> PyResult<DecodedTuple<'py>> {
     let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
     let d = without_gil(py, || deltackpt::decode(blob, reference)).map_err(DkError)?;
     Ok((
@@ -163,7 +168,7 @@ fn quant_exponent_f32<'py>(
     delta: PyReadonlyArray1<'py, f32>,
     bits: u8,
     bucket_value: &str,
-) -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<SymbolsTable<'py, f32>> {
     let value = BucketValue::from_name(bucket_value).map_err(DkError)?;
     let x = delta.as_slice()?;
     let (s, t) = without_gil(py, || {
@@ -180,7 +185,7 @@ fn quant_exponent_f64<'py>(
     delta: PyReadonlyArray1<'py, f64>,
     bits: u8,
     bucket_value: &str,
-) -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<SymbolsTable<'py, f64>> {
     let value = BucketValue::from_name(bucket_value).map_err(DkError)?;
     let x = delta.as_slice()?;
     let (s, t) = without_gil(py, || {

@@ -1,0 +1,33 @@
+"""Type stubs of the Rust extension module (conversions only; see deltackpt._api)."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def encode(
+    data: npt.NDArray[np.uint8],
+    dtype: str,
+    shape: list[int],
+    reference: npt.NDArray[np.uint8] | None = None,
+    quantizer: str = "exponent",
+    bits: int = 3,
+    coder: str = "auto",
+    bucket_value: str = "mean",
+    tag: int = 0,
+) -> bytes: ...
+def decode(
+    blob: bytes, reference: npt.NDArray[np.uint8] | None = None
+) -> tuple[str, list[int], int, npt.NDArray[np.uint8]]: ...
+def inspect(blob: bytes) -> dict[str, Any]: ...
+def codec_encode(symbols: npt.NDArray[np.uint8], coder: str = "tans") -> bytes: ...
+def codec_decode(blob: bytes) -> npt.NDArray[np.uint8]: ...
+def quant_exponent_f32(
+    delta: npt.NDArray[np.float32], bits: int = 3, bucket_value: str = "mean"
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]: ...
+def quant_exponent_f64(
+    delta: npt.NDArray[np.float64], bits: int = 3, bucket_value: str = "mean"
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]: ...
+def num_threads() -> int: ...

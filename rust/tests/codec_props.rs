@@ -1,0 +1,118 @@
+//! Property tests of the tensor codec: lossless bit equality, lossy bounds, totality.
+use deltackpt::{decode, encode, Coder, DType, EncodeOptions, Error, Quantizer, Tensor};
+use proptest::prelude::*;
+
+fn opts(q: Quantizer, bits: u8, chunk: usize) -> EncodeOptions {
+    EncodeOptions {
+        quantizer: q,
+        bits,
+        chunk_elems: chunk,
+        ..Default::default()
+    }
+}
+
+fn dtype_strategy() -> impl Strategy<Value = DType> {
+    prop_oneof![
+        Just(DType::F32),
+        Just(DType::F64),
+        Just(DType::F16),
+        Just(DType::BF16)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn lossless_is_bit_exact(dtype in dtype_strategy(), n in 0usize..3000,
+                             seed in any::<u64>(), chunk in 1usize..1000,
+                             with_ref in any::<bool>(), coder in 0usize..4) {
+        let mut s = seed | 1;
+        let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s as u8 };
+        let bytes: Vec<u8> = (0..n * dtype.size()).map(|_| next()).collect();
+        let refb: Vec<u8> = (0..n * dtype.size()).map(|_| next()).collect();
+        let coder = [Coder::Auto, Coder::Raw, Coder::Zstd, Coder::Gzip][coder];
+        let o = EncodeOptions { coder, ..opts(Quantizer::None, 0, chunk) };
+        let r = with_ref.then_some(&refb[..]);
+        let x = Tensor { dtype, shape: &[n as u64], data: &bytes };
+        let blob = encode(x, r, &o).unwrap();
+        prop_assert_eq!(decode(&blob, r).unwrap().data, bytes);
+    }
+
+    #[test]
+    fn exponent_error_never_exceeds_the_delta(values in proptest::collection::vec(-1e6f32..1e6, 0..2000),
+                                               bits in 1u8..=8, chunk in 1usize..700) {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let x = Tensor { dtype: DType::F32, shape: &[values.len() as u64], data: &bytes };
+        let blob = encode(x, None, &opts(Quantizer::Exponent, bits, chunk)).unwrap();
+        let out = decode(&blob, None).unwrap().data;
+        for (v, c) in values.iter().zip(out.chunks_exact(4)) {
+            let y = f32::from_le_bytes(c.try_into().unwrap());
+            prop_assert!((v - y).abs() <= v.abs(), "x={} y={}", v, y);
+        }
+    }
+
+    #[test]
+    fn forged_blobs_never_panic(seed in any::<u64>(), edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+                                lossless in any::<bool>()) {
+        let values: Vec<f32> = (0..500).map(|i| ((i as f32) * 0.37 + seed as f32).sin() * 1e-3).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let q = if lossless { Quantizer::None } else { Quantizer::Exponent };
+        let x = Tensor { dtype: DType::F32, shape: &[20, 25], data: &bytes };
+        let blob = encode(x, None, &opts(q, 3, 128)).unwrap();
+        let mut body = blob[..blob.len() - 8].to_vec();
+        for (i, b) in edits { let at = i % body.len(); body[at] = b; }
+        let sum = xxhash_rust::xxh3::xxh3_64(&body);
+        body.extend_from_slice(&sum.to_le_bytes());
+        match decode(&body, None) {
+            Ok(_) | Err(Error::Corrupt(_)) | Err(Error::Unsupported(_)) => {}
+            Err(e) => prop_assert!(false, "unexpected error kind {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn truncation_and_flips_are_corrupt() {
+    let bytes: Vec<u8> = (0..1000u32)
+        .flat_map(|i| (i as f32).to_le_bytes())
+        .collect();
+    let x = Tensor {
+        dtype: DType::F32,
+        shape: &[1000],
+        data: &bytes,
+    };
+    let blob = encode(x, None, &EncodeOptions::default()).unwrap();
+    for cut in [0, 3, 10, blob.len() / 2, blob.len() - 1] {
+        assert!(matches!(decode(&blob[..cut], None), Err(Error::Corrupt(_))));
+    }
+    for i in 0..blob.len() {
+        let mut b = blob.clone();
+        b[i] ^= 0x40;
+        assert!(
+            matches!(decode(&b, None), Err(Error::Corrupt(_))),
+            "flip at {i}"
+        );
+    }
+}
+
+#[test]
+fn non_finite_names_the_first_index() {
+    let mut v = [1.0f32; 10];
+    v[6] = f32::NAN;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let x = Tensor {
+        dtype: DType::F32,
+        shape: &[10],
+        data: &bytes,
+    };
+    let err = encode(x, None, &EncodeOptions::default()).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::NonFinite {
+            count: 1,
+            first_index: 6,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("quantizer=\"none\""));
+}
