@@ -522,9 +522,9 @@ def markdown(result: dict[str, Any]) -> str:
         "At equal size: each quantizer against entropy-coded uniform quantization (same "
         "granularity, step = c·max|w|, up to 255 levels) whose size is the largest not above it.",
         "",
-        "| granularity | bits | quantizer | bytes | weight MSE | val. acc. % | "
-        "uniform, same size: bytes | weight MSE | val. acc. % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| granularity | bits | quantizer | bytes | weight MSE | weight MCE | val. acc. % | "
+        "uniform, same size: bytes | weight MSE | weight MCE | val. acc. % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in aggregate(result):
         if "same_size_uniform" not in a:
@@ -532,8 +532,9 @@ def markdown(result: dict[str, Any]) -> str:
         e = a["same_size_uniform"]
         lines.append(
             f"| {a['granularity']} | {a['bits']} | {a['method']} | {a['total_bytes']:.0f} | "
-            f"{a['mse']:.3e} | {acc_cell(a['acc_mean'], a['acc_min'], a['acc_max'])} | "
-            f"{e['bytes']:.0f} | {e['mse']:.3e} | "
+            f"{a['mse']:.3e} | {a['mce']:.3e} | "
+            f"{acc_cell(a['acc_mean'], a['acc_min'], a['acc_max'])} | "
+            f"{e['bytes']:.0f} | {e['mse']:.3e} | {e['mce']:.3e} | "
             f"{acc_cell(e['accuracy'], e['acc_min'], e['acc_max'])} |"
         )
     lines += [
