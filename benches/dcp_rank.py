@@ -3,8 +3,9 @@
 The benchmark process is rank 0; it starts this script as rank 1. Both build the same 2-rank
 sharded state: the real all-MiniLM-L6-v2 weights (22.7M fp32) and a momentum buffer of the same
 size (45.4M parameters, 182 MB), every tensor a DTensor Shard(0) over 2 gloo ranks. Save ``k``
-uses the weights before (k even) or after (k odd) one real AdamW fine-tuning step, so every
-chain save after the first codes a real step delta. Rank 0 broadcasts each command.
+uses the weights before (k even) or after (k odd) one real AdamW fine-tuning step, and a
+momentum of 9 (k even) or 10 (k odd) times that step's delta, so every chain save after the
+first codes a real step delta in both halves of the state. Rank 0 broadcasts each command.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class State:
         if off != before.size:
             raise RuntimeError("MiniLM layout does not match the cached step")
         self.numel = 2 * off
-        momentum = (self.flat[1] - self.flat[0]) * 10.0
+        step = self.flat[1] - self.flat[0]
         self.states = []
-        for flat in self.flat:
+        for j, flat in enumerate(self.flat):
+            momentum = step * (9.0 + j)  # moves by one real step delta between saves too
             model, optim = {}, {}
             for name, shape, o in self.layout:
                 n = int(np.prod(shape))

@@ -619,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
             return stats_cmd(args.path, args.plot, args.quiet)
         if args.cmd == "restore":
             return restore_cmd(args.path, args.step, args.branch, args.out, args.quiet)
+    except BrokenPipeError:  # `deltackpt inspect run | head`
+        sys.stderr.close()
+        return 0
     except (CorruptDataError, KeyError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

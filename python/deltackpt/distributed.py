@@ -509,6 +509,7 @@ class ChainReader(StorageReader):
         self._storage: dict[MetadataIndex, ItemLocation] = {}
         self._chains: dict[int, CheckpointChain] = {}
         self._states: dict[int, Any] = {}
+        self._wanted: dict[int, set[tuple[str, str]]] = {}
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id is not None:
@@ -569,7 +570,8 @@ class ChainReader(StorageReader):
                 url = _sub_url(self.url, f"rank-{rank}")
                 chain = CheckpointChain(url, mode="r", storage_options=self.storage_options)
                 self._chains[rank] = chain
-            state = chain.restore(self.resolved_step(), self.branch)
+            wanted = self._wanted.get(rank)
+            state = _restore_items(chain, self.resolved_step(), self.branch, wanted)
             self._states[rank] = state
         return state
 
@@ -586,6 +588,11 @@ class ChainReader(StorageReader):
             ) from e
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        self._wanted = {}
+        for req in plan.items:
+            loc = self._storage.get(req.storage_index)
+            if loc is not None:
+                self._wanted.setdefault(loc.rank, set()).add((loc.group, loc.leaf))
         current = None
         for req in _sorted_by_rank(plan.items, self._storage):
             loc = self._storage.get(req.storage_index)
@@ -628,6 +635,34 @@ class ChainReader(StorageReader):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _restore_items(
+    chain: CheckpointChain, step: int, branch: str, wanted: set[tuple[str, str]] | None
+) -> dict[str, dict[str, Any]]:
+    """The items ``wanted`` ((group, leaf) pairs; None: all) of a rank chain at ``step``.
+
+    Decodes only those tensors (a resharded load needs a part of each source rank) through the
+    chain's record/schema readers; falls back to a full :meth:`CheckpointChain.restore` if the
+    chain's internals differ.
+    """
+    if wanted is not None:
+        try:
+            rid = chain._resolve(step, branch)
+            rec = chain._record(rid)
+            sch = chain._schema(rec.schema)
+            paths = {json.dumps([g, leaf]): (g, leaf) for g, leaf in wanted}
+            idx = [i for i, t in enumerate(sch.tensors) if t["path"] in paths]
+            tensors, _ = chain._decode_tensors(rec, sch, idx)
+        except (AttributeError, TypeError):
+            pass
+        else:
+            out: dict[str, dict[str, Any]] = {}
+            for i in idx:
+                g, leaf = paths[sch.tensors[i]["path"]]
+                out.setdefault(g, {})[leaf] = tensors[i]
+            return out
+    return chain.restore(step, branch)  # type: ignore[no-any-return]
 
 
 def _sorted_by_rank(items: list[Any], storage: dict[MetadataIndex, ItemLocation]) -> Iterator[Any]:
