@@ -34,7 +34,9 @@ def _progress(items: Iterable[Any], quiet: bool, desc: str, total: int | None = 
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is in the demo/test extras
         return items
-    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=0.2)
+    return tqdm(
+        items, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=0.2, delay=1.0
+    )
 
 
 class _NoBar:
@@ -53,7 +55,29 @@ def _bar(quiet: bool, desc: str, total: int) -> Any:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         return _NoBar()
-    return tqdm(desc=desc, total=total, file=sys.stderr, leave=False, mininterval=0.2)
+    return tqdm(
+        desc=desc, total=total or None, file=sys.stderr, leave=False, mininterval=0.2, delay=1.0
+    )
+
+
+def _waiting(fn: Any, quiet: bool, desc: str) -> Any:
+    """Run ``fn()`` in a worker thread, showing an elapsed-time bar until it returns."""
+    if quiet:
+        return fn()
+    import concurrent.futures as cf
+
+    bar = _bar(quiet, desc, 0)
+    with cf.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(fn)
+        while True:
+            try:
+                result = fut.result(timeout=0.2)
+                break
+            except cf.TimeoutError:
+                if hasattr(bar, "refresh"):
+                    bar.refresh()
+    bar.close()
+    return result
 
 
 def _timed(f: Any, reps: int = 3) -> tuple[float, Any]:
@@ -429,12 +453,14 @@ def restore_cmd(
 
     store = open_store(path)
     if _is_dcp(store):
-        state, step = _dcp_full_state(path, step, branch)
+        state, step = _waiting(
+            lambda: _dcp_full_state(path, step, branch), quiet, "restoring (all ranks)"
+        )
         branch = branch or "main"
     else:
         with _open_chain(path) as chain:
             branch = branch or chain.branch
-            state = chain.restore(step, branch)
+            state = _waiting(lambda: chain.restore(step, branch), quiet, "restoring")
             if step is None:
                 step = chain.latest_step(branch)
     tensors, values = flatten_state(state)
