@@ -174,3 +174,37 @@ def test_tagged_json_round_trip() -> None:
     assert back == value and isinstance(back[3], tuple) and isinstance(back["size"], torch.Size)
     with pytest.raises(TypeError):
         to_tagged({"f": lambda: 0})
+
+
+def test_step_defaults_to_next_committed(tmp_path: Path, states: list[dict[str, Any]]) -> None:
+    with ChainWriter(tmp_path) as w:
+        for sd in states[:3]:
+            _quiet(dcp.save, sd, storage_writer=w)  # no checkpoint_id: last committed + 1
+    assert committed_steps(open_store(tmp_path)) == [0, 1, 2]
+    assert load(str(tmp_path), 2, states[0])["meta"]["step"] == 2
+
+
+def test_failed_commit_is_retried_by_the_same_writer(
+    tmp_path: Path, states: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rank record of step 1 is committed, then the coordinator's metadata write fails:
+    step 1 does not exist, and the same writer object saves step 1 again."""
+    with ChainWriter(tmp_path) as w:
+        _quiet(dcp.save, states[0], storage_writer=w, checkpoint_id="0")
+        real_write = w.root.write
+
+        def failing(name: str, payload: bytes, **kw: Any) -> None:
+            if name.startswith("dcp/"):
+                raise OSError("disk full (simulated)")
+            real_write(name, payload, **kw)
+
+        monkeypatch.setattr(w.root, "write", failing)
+        err = dcp_error(_quiet, dcp.save, states[1], storage_writer=w, checkpoint_id="1")
+        assert "disk full" in str(err)
+        assert committed_steps(open_store(tmp_path)) == [0]
+        assert (tmp_path / "rank-0" / "records" / "main" / f"{1:012d}.json").exists()
+        monkeypatch.setattr(w.root, "write", real_write)
+        for i in (1, 2, 3):
+            _quiet(dcp.save, states[i], storage_writer=w, checkpoint_id=str(i))
+    assert committed_steps(open_store(tmp_path)) == [0, 1, 2, 3]
+    check(states, [load(str(tmp_path), i, states[0]) for i in range(4)])

@@ -291,15 +291,6 @@ def _item_keys(index: MetadataIndex, is_bytes: bool) -> tuple[str, str]:
     return group, leaf
 
 
-def _rank_steps(store: Store) -> list[int]:
-    out = []
-    for name in store.list("records"):
-        parts = name.split("/")
-        if len(parts) == 3 and parts[2].endswith(".json") and parts[2][:-5].isdigit():
-            out.append(int(parts[2][:-5]))
-    return out
-
-
 def _trim_uncommitted(url: str, last: int | None, storage_options: dict[str, Any]) -> int:
     """Remove rank-chain records after the last committed global step (an unfinished save).
 
@@ -361,6 +352,7 @@ class ChainWriter(StorageWriter):
         self.branch = DEFAULT_BRANCH
         self.root = open_store(self.url, **self.storage_options)
         self.step: int | None = None
+        self._requested: int | None = None
         self.rank = 0
         self.is_coordinator = False
         self.save_id = uuid.uuid4().hex
@@ -371,7 +363,8 @@ class ChainWriter(StorageWriter):
     # -- StorageWriter API
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        self.step = None if checkpoint_id is None else _parse_step(checkpoint_id)
+        self._requested = None if checkpoint_id is None else _parse_step(checkpoint_id)
+        self.step = self._requested
         self.save_id = uuid.uuid4().hex
 
     @classmethod
@@ -387,8 +380,8 @@ class ChainWriter(StorageWriter):
         self.rank = int(kwargs.get("rank") or 0)
         steps = committed_steps(self.root, self.branch)
         last = steps[-1] if steps else None
-        if self.step is None:
-            self.step = 0 if last is None else last + 1
+        requested, self._requested = self._requested, None  # consumed by this save
+        self.step = requested if requested is not None else (0 if last is None else last + 1)
         if last is not None and self.step <= last:
             raise ValueError(f"step {self.step} <= last committed step {last} of {self.url}")
         if is_coordinator and not self._locked:
@@ -396,6 +389,13 @@ class ChainWriter(StorageWriter):
             self._locked = True
             if not self.root.exists("dcp.json"):
                 self.root.write("dcp.json", _dumps({"format": FORMAT, "version": VERSION}))
+        if self._chain is not None and self._chain_rank == self.rank:
+            latest = self._chain.latest_step()
+            if latest is not None and (last is None or latest > last):
+                # a save that failed on another rank left this rank's record uncommitted:
+                # reopen, which trims it and rebuilds the references from committed steps
+                self._chain.close()
+                self._chain = None
         if self._chain is None or self._chain_rank != self.rank:
             if self._chain is not None:
                 self._chain.close()
