@@ -8,6 +8,8 @@ DTensors sharded on dim 0 with ``ChainWriter``; rank 0 writes the true states to
 MODE ``load``: load each step of the comma-separated ARG with ``ChainReader`` (WORLD 1: plain
 tensors, WORLD 2: DTensors Shard(0)) and write the loaded full state to
 ``OUT/loaded-w<WORLD>-<step>.safetensors``.
+MODE ``load-shard1``: the same into DTensors Shard(1) (vectors replicated), written to
+``OUT/loaded-w2-<step>-shard1.safetensors``.
 MODE ``crash-data`` / ``crash-commit``: start saving step 6 and SIGKILL this process, rank 1
 just before it commits its rank record / rank 0 (the coordinator) just before it writes the
 step's global metadata.
@@ -62,15 +64,23 @@ def _nested(flat: dict[str, torch.Tensor], step: int) -> dict[str, Any]:
     return sd
 
 
-def _shard(sd: dict[str, Any], world: int) -> dict[str, Any]:
+def _shard(sd: dict[str, Any], world: int, layout: str = "shard0") -> dict[str, Any]:
+    """DTensors over a 1-D CPU mesh: Shard(0) (as saved), or ``layout="shard1"``: Shard(1)
+    for matrices/kernels and Replicate() for vectors (a different sharding on load)."""
     if world == 1:
         return sd
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (world,))
+
+    def place(v: torch.Tensor) -> list[Any]:
+        if layout == "shard0":
+            return [Shard(0)]
+        return [Shard(1)] if v.dim() >= 2 else [Replicate()]
+
     for top in ("model", "optim"):
-        sd[top] = {k: distribute_tensor(v, mesh, [Shard(0)]) for k, v in sd[top].items()}
+        sd[top] = {k: distribute_tensor(v, mesh, place(v)) for k, v in sd[top].items()}
     return sd
 
 
@@ -100,14 +110,14 @@ def train(rank: int, world: int, chain: str, out: str) -> None:
             dcp.save(sd, storage_writer=writer, checkpoint_id=str(step))
 
 
-def load(rank: int, world: int, chain: str, out: str, steps: str) -> None:
+def load(rank: int, world: int, chain: str, out: str, steps: str, layout: str) -> None:
     for step in [int(s) for s in steps.split(",")]:
-        load_one(rank, world, chain, out, step)
+        load_one(rank, world, chain, out, step, layout)
 
 
-def load_one(rank: int, world: int, chain: str, out: str, step: int) -> None:
+def load_one(rank: int, world: int, chain: str, out: str, step: int, layout: str) -> None:
     flat = _template(out)
-    sd = _shard(_nested(flat, -1), world)
+    sd = _shard(_nested(flat, -1), world, layout)
     sd["meta"] = {"step": None, "lr": None, "name": None}
     sd["counter"] = torch.zeros(1, dtype=torch.int64)
     dcp.load(sd, storage_reader=ChainReader(chain, step=step))
@@ -117,7 +127,7 @@ def load_one(rank: int, world: int, chain: str, out: str, step: int) -> None:
             full[f"{top}.{k}"] = v.full_tensor() if world > 1 else v
     full["counter"] = sd["counter"]
     if rank == 0:
-        name = f"loaded-w{world}-{step}"
+        name = f"loaded-w{world}-{step}" + ("" if layout == "shard0" else f"-{layout}")
         save_file(full, os.path.join(out, f"{name}.safetensors"))
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(sd["meta"], f)
@@ -173,7 +183,9 @@ def main() -> None:
         if mode == "train":
             train(r, w, chain, out)
         elif mode == "load":
-            load(r, w, chain, out, arg)
+            load(r, w, chain, out, arg, "shard0")
+        elif mode == "load-shard1":
+            load(r, w, chain, out, arg, "shard1")
         elif mode.startswith("crash-"):
             crash(r, w, chain, out, mode.removeprefix("crash-"))
         elif mode == "resume":

@@ -3,7 +3,8 @@
 A LeNet-5 is trained on the digits and steps 0..5 are saved from 2 ranks (DTensor Shard(0) on a
 1-D CPU mesh) with ``ChainWriter(bits=3, anchor_every=4)``: step 0 is a keyframe, 1-3 are steps
 (base: the previous save), 4 an anchor (base: step 0), 5 a step (base: 4). Loads into 1 and 2
-processes must agree bit for bit, keyframes must be exact and every lossy step must satisfy the
+processes (Shard(0) as saved, and Shard(1) with replicated vectors) must agree bit for bit,
+keyframes must be exact and every lossy step must satisfy the
 LC bound elementwise: |r_t - u_t| <= |u_t - r_base| (the exponent quantizer never moves a value
 further than its delta; a rounding slack of a few ulps is allowed). A rank SIGKILLed in the
 middle of a save must leave the previous step loadable, and a new writer must resume.
@@ -131,6 +132,7 @@ def loaded(trained: tuple[Path, Path]) -> Path:
     steps = ",".join(str(s) for s in range(6))
     assert run_job("load", 1, chain, out, steps) == [0]
     assert run_job("load", 2, chain, out, steps) == [0, 0]
+    assert run_job("load-shard1", 2, chain, out, steps) == [0, 0]
     return out
 
 
@@ -139,10 +141,12 @@ def test_load_into_one_and_two_processes(loaded: Path, step: int) -> None:
     out = loaded
     one = load_st(out / f"loaded-w1-{step}.safetensors")
     two = load_st(out / f"loaded-w2-{step}.safetensors")
+    resharded = load_st(out / f"loaded-w2-{step}-shard1.safetensors")
     true = load_st(out / f"true-{step}.safetensors")
     assert set(one) == set(true) | {"counter"}
     for k in one:
         assert torch.equal(one[k], two[k]), k  # resharded loads decode the same chain
+        assert torch.equal(one[k], resharded[k]), k  # Shard(1): every rank reads both chains
     assert int(one["counter"][0]) == step
     for w in (1, 2):
         meta = json.loads((out / f"loaded-w{w}-{step}.json").read_text())
