@@ -208,3 +208,16 @@ def test_failed_commit_is_retried_by_the_same_writer(
             _quiet(dcp.save, states[i], storage_writer=w, checkpoint_id=str(i))
     assert committed_steps(open_store(tmp_path)) == [0, 1, 2, 3]
     check(states, [load(str(tmp_path), i, states[0]) for i in range(4)])
+
+
+def test_a_second_writer_is_refused(tmp_path: Path, states: list[dict[str, Any]]) -> None:
+    from deltackpt.store import LockedError
+
+    with ChainWriter(tmp_path) as first:
+        _quiet(dcp.save, states[0], storage_writer=first, checkpoint_id="0")
+        with ChainWriter(tmp_path) as second:
+            err = dcp_error(_quiet, dcp.save, states[1], storage_writer=second, checkpoint_id="1")
+        assert isinstance(err, LockedError)
+        _quiet(dcp.save, states[1], storage_writer=first, checkpoint_id="1")  # still the writer
+    assert committed_steps(open_store(tmp_path)) == [0, 1]
+    assert load(str(tmp_path), None, states[0])["meta"]["step"] == 1  # readers need no lock
