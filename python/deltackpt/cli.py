@@ -148,7 +148,7 @@ def _open_chain(path: str) -> Any:
     return CheckpointChain(path, mode="r")
 
 
-def _per_step_rows(path: str) -> list[dict[str, Any]]:
+def _per_step_rows(path: str, quiet: bool = True) -> list[dict[str, Any]]:
     """One row per record (per step summed over ranks for a DCP chain)."""
     from .store import open_store
 
@@ -157,7 +157,7 @@ def _per_step_rows(path: str) -> list[dict[str, Any]]:
     subs = [_sub(path, d) for d in _rank_dirs(store)] if _is_dcp(store) else [path]
     for sub in subs:
         with _open_chain(sub) as chain:
-            for rid in _records(chain):
+            for rid in _progress(_records(chain), quiet, "reading records"):
                 stored, raw = _record_sizes(chain, rid)
                 info = chain.info(rid[1], rid[0])
                 row = rows.setdefault(
@@ -211,7 +211,7 @@ def inspect_cmd(path: str, quiet: bool = False) -> int:
                 )
             for name, (b, s) in sorted(chain.branch_points().items()):
                 print(f"branch point {name}: {b} @ {s}")
-    rows = _per_step_rows(path)
+    rows = _per_step_rows(path, quiet)
     print("\n| branch | step | kind | restore depth | stored | raw fp |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -321,7 +321,7 @@ def _verify_dcp(path: str, store: Any, quiet: bool) -> list[str]:
 
 def stats_cmd(path: str, plot: str | None = None, quiet: bool = False) -> int:
     """Bytes per step and the cumulative compression ratio; optionally a PNG plot."""
-    rows = _per_step_rows(path)
+    rows = _per_step_rows(path, quiet)
     if not rows:
         print(f"error: no records in {path}", file=sys.stderr)
         return 2
