@@ -16,6 +16,7 @@ pytest.importorskip("fsspec")
 pytest.importorskip("sklearn")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
+from deltackpt.chain import CheckpointChain  # noqa: E402
 from deltackpt.distributed import (  # noqa: E402
     ChainReader,
     ChainWriter,
@@ -65,9 +66,11 @@ def save_all(url: str, states: list[dict[str, Any]], **opts: Any) -> None:
             _quiet(dcp.save, sd, storage_writer=w, checkpoint_id=str(i))
 
 
-def load(url: str, step: int | None, like: dict[str, Any], **opts: Any) -> dict[str, Any]:
+def load(
+    url: str, step: int | None, like: dict[str, Any], branch: str | None = None, **opts: Any
+) -> dict[str, Any]:
     sd = empty_like(like)
-    with ChainReader(url, step=step, **opts) as r:
+    with ChainReader(url, step=step, branch=branch, **opts) as r:
         _quiet(dcp.load, sd, storage_reader=r)
     return sd
 
@@ -221,3 +224,45 @@ def test_a_second_writer_is_refused(tmp_path: Path, states: list[dict[str, Any]]
         _quiet(dcp.save, states[1], storage_writer=first, checkpoint_id="1")  # still the writer
     assert committed_steps(open_store(tmp_path)) == [0, 1]
     assert load(str(tmp_path), None, states[0])["meta"]["step"] == 1  # readers need no lock
+
+
+def test_branch_point_and_rollback(tmp_path: Path, states: list[dict[str, Any]]) -> None:
+    """Save 0..3 on main, branch point "slot" at 3 (an exact keyframe on every rank), save 4..5
+    on main, roll back: new saves 4..5 (different states) go to "slot.1"; both branches load."""
+    alt = [
+        {"model": {k: v * 0.5 for k, v in sd["model"].items()}, "meta": dict(sd["meta"])}
+        for sd in states
+    ]
+    with ChainWriter(tmp_path, anchor_every=10) as w:
+        for i in range(4):
+            _quiet(dcp.save, states[i], storage_writer=w, checkpoint_id=str(i))
+        assert w.branch_point("slot") == 3
+        for i in (4, 5):
+            _quiet(dcp.save, states[i % 4], storage_writer=w, checkpoint_id=str(i))
+        assert w.rollback("slot") == "slot.1"
+        err = dcp_error(_quiet, dcp.save, alt[0], storage_writer=w, checkpoint_id="3")
+        assert "last committed step 3" in str(err)  # the fork step belongs to the parent
+        for i in (4, 5):
+            _quiet(dcp.save, alt[i % 4], storage_writer=w, checkpoint_id=str(i))
+    store = open_store(tmp_path)
+    assert committed_steps(store, "main") == [0, 1, 2, 3, 4, 5]
+    assert committed_steps(store, "slot.1") == [4, 5]
+    assert ChainReader(tmp_path).branch == "slot.1"  # readers default to the writer's HEAD
+    assert ChainReader(tmp_path).steps() == [0, 1, 2, 3, 4, 5]
+    with CheckpointChain(tmp_path / "rank-0", mode="r") as c:
+        assert c.info(3, "main")["kind"] == "keyframe"  # the branch point is exact
+    at3 = load(str(tmp_path), 3, states[0], branch="slot.1")  # inherited from main
+    for k, v in states[3]["model"].items():
+        assert torch.equal(at3["model"][k], v), k
+    for branch, truth in (("main", states), ("slot.1", alt)):
+        prev = at3
+        for i in (4, 5):
+            got = load(str(tmp_path), i, states[0], branch=branch)
+            for k in states[0]["model"]:
+                u = truth[i % 4]["model"][k]
+                bound = (u - prev["model"][k]).abs() + 1e-6 * u.abs()
+                assert bool(((got["model"][k] - u).abs() <= bound).all()), (branch, i, k)
+            prev = got
+    other = load(str(tmp_path), 5, states[0], branch="main")["model"]
+    mine = load(str(tmp_path), 5, states[0], branch="slot.1")["model"]
+    assert any(not torch.equal(other[k], mine[k]) for k in mine)

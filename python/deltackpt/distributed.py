@@ -291,11 +291,39 @@ def _item_keys(index: MetadataIndex, is_bytes: bool) -> tuple[str, str]:
     return group, leaf
 
 
-def _trim_uncommitted(url: str, last: int | None, storage_options: dict[str, Any]) -> int:
-    """Remove rank-chain records after the last committed global step (an unfinished save).
+def head_branch(store: Store) -> str:
+    """The branch the writer continues (``dcp-HEAD.json``; ``main`` before any rollback)."""
+    if store.exists("dcp-HEAD.json"):
+        return str(json.loads(store.read("dcp-HEAD.json"))["branch"])
+    return DEFAULT_BRANCH
 
-    Runs under the rank chain's writer lock; the chain's next opening deletes their data.
-    """
+
+def branch_parent(store: Store, branch: str) -> tuple[str, int] | None:
+    """The fork point (branch, step) of ``branch``; None for a root branch."""
+    name = f"dcp-branches/{branch}.json"
+    if not store.exists(name):
+        if branch == DEFAULT_BRANCH:
+            return None
+        raise KeyError(f"no DCP branch {branch!r} in {store.url}")
+    parent = json.loads(store.read(name)).get("parent")
+    return None if not parent else (str(parent["branch"]), int(parent["step"]))
+
+
+def branch_history(store: Store, branch: str) -> list[tuple[str, int]]:
+    """Committed steps visible on ``branch`` as (holding branch, step): the ancestors' steps up
+    to each fork point, then the branch's own."""
+    own = [(branch, s) for s in committed_steps(store, branch)]
+    parent = branch_parent(store, branch)
+    if parent is None:
+        return own
+    inherited = [r for r in branch_history(store, parent[0]) if r[1] <= parent[1]]
+    return inherited + own
+
+
+def _trim_uncommitted(url: str, root: Store, storage_options: dict[str, Any]) -> int:
+    """Remove rank-chain records whose step has no committed global metadata (an unfinished
+    save), in every branch, under the rank chain's writer lock; the chain's next opening
+    deletes their data."""
     store = open_store(url, **storage_options)
     if not store.exists("chain.json"):
         return 0
@@ -306,12 +334,38 @@ def _trim_uncommitted(url: str, last: int | None, storage_options: dict[str, Any
             parts = name.split("/")
             if len(parts) != 3 or not parts[2].endswith(".json") or not parts[2][:-5].isdigit():
                 continue
-            if last is None or int(parts[2][:-5]) > last:
+            if not root.exists(_step_name(parts[1], int(parts[2][:-5]))):
                 store.delete(name)
                 removed += 1
         return removed
     finally:
         store.release_lock()
+
+
+def _set_rank_head(url: str, branch: str, storage_options: dict[str, Any]) -> None:
+    """Point a rank chain's HEAD at the global branch (repairs a rollback cut short by a crash
+    after some ranks switched; docs/CHAIN.md: ``HEAD.json`` is ``{"branch"}``)."""
+    store = open_store(url, **storage_options)
+    if not store.exists("chain.json") or not store.exists(f"branches/{branch}.json"):
+        return
+    current = (
+        json.loads(store.read("HEAD.json"))["branch"]
+        if store.exists("HEAD.json")
+        else DEFAULT_BRANCH
+    )
+    if current != branch:
+        store.acquire_lock()
+        try:
+            store.write("HEAD.json", _dumps({"branch": branch}))
+        finally:
+            store.release_lock()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 # --------------------------------------------------------------------------- writer
@@ -378,8 +432,9 @@ class ChainWriter(StorageWriter):
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.is_coordinator = is_coordinator
         self.rank = int(kwargs.get("rank") or 0)
-        steps = committed_steps(self.root, self.branch)
-        last = steps[-1] if steps else None
+        self.branch = head_branch(self.root)
+        hist = branch_history(self.root, self.branch)
+        last = hist[-1][1] if hist else None
         requested, self._requested = self._requested, None  # consumed by this save
         self.step = requested if requested is not None else (0 if last is None else last + 1)
         if last is not None and self.step <= last:
@@ -400,7 +455,8 @@ class ChainWriter(StorageWriter):
             if self._chain is not None:
                 self._chain.close()
             url = _sub_url(self.url, f"rank-{self.rank}")
-            _trim_uncommitted(url, last, self.storage_options)
+            _trim_uncommitted(url, self.root, self.storage_options)
+            _set_rank_head(url, self.branch, self.storage_options)
             self._chain = CheckpointChain(
                 url, storage_options=self.storage_options, **self.chain_options
             )
@@ -458,6 +514,73 @@ class ChainWriter(StorageWriter):
         doc = metadata_to_json(metadata, storage, self.step)
         self.root.write(_step_name(self.branch, self.step), _dumps(doc))  # the commit
 
+    # -- branches (collective: call on every rank, after a save)
+
+    def branch_point(self, name: str) -> int:
+        """Make the latest committed step an exact keyframe on every rank, named ``name``.
+
+        Collective like ``dcp.save``: every rank calls it (with the same name) after saving
+        that step with this writer. Returns the step.
+        """
+        if self._chain is None:
+            raise ValueError("save a step with this writer before making a branch point")
+        hist = branch_history(self.root, self.branch)
+        if not hist:
+            raise ValueError("no committed step to make a branch point of")
+        step = hist[-1][1]
+        if self.root.exists(f"dcp-points/{name}.json"):
+            raise ValueError(f"branch point {name!r} already exists")
+        if self._chain.latest_step() != step:
+            raise ValueError(f"rank {self.rank} stored nothing at step {step}")
+        self._chain.branch_point(name)
+        _barrier()
+        if self.is_coordinator:
+            point = {"name": name, "branch": self.branch, "step": step}
+            self.root.write(f"dcp-points/{name}.json", _dumps(point))  # the commit
+        _barrier()
+        return step
+
+    def branch_points(self) -> dict[str, tuple[str, int]]:
+        """Branch point name -> (branch, step)."""
+        out = {}
+        for n in self.root.list("dcp-points"):
+            d = json.loads(self.root.read(n))
+            out[str(d["name"])] = (str(d["branch"]), int(d["step"]))
+        return out
+
+    def rollback(self, name: str, *, new_branch: str | None = None) -> str:
+        """Continue on a new branch forked at branch point ``name``; return its name.
+
+        Collective: every rank calls it. Later saves (steps after the point's) go to the new
+        branch; the old branch stays readable (``ChainReader(path, branch=old)``). Load the
+        state to resume from with ``ChainReader(path, step=point_step)``.
+        """
+        points = self.branch_points()
+        if name not in points:
+            raise KeyError(f"no branch point {name!r}")
+        pbranch, pstep = points[name]
+        existing = {DEFAULT_BRANCH} | {
+            n.rsplit("/", 1)[-1][:-5] for n in self.root.list("dcp-branches")
+        }
+        if new_branch is None:
+            k = 1
+            while f"{name}.{k}" in existing:
+                k += 1
+            new_branch = f"{name}.{k}"
+        if new_branch in existing:
+            raise ValueError(f"branch {new_branch!r} exists")
+        _barrier()  # every rank chose the name before the coordinator creates it
+        if self._chain is not None:
+            self._chain.rollback(name, new_branch=new_branch)
+        _barrier()
+        if self.is_coordinator:
+            info = {"name": new_branch, "parent": {"branch": pbranch, "step": pstep}}
+            self.root.write(f"dcp-branches/{new_branch}.json", _dumps(info))
+            self.root.write("dcp-HEAD.json", _dumps({"branch": new_branch}))  # the commit
+        _barrier()
+        self.branch = new_branch
+        return new_branch
+
     # -- lifecycle
 
     def close(self) -> None:
@@ -507,7 +630,7 @@ class ChainReader(StorageReader):
         self.storage_options = dict(storage_options or {})
         self.root = open_store(self.url, **self.storage_options)
         self.step = step
-        self.branch = branch or DEFAULT_BRANCH
+        self.branch = branch or head_branch(self.root)
         self.load_id = uuid.uuid4().hex
         self._storage: dict[MetadataIndex, ItemLocation] = {}
         self._chains: dict[int, CheckpointChain] = {}
@@ -525,8 +648,8 @@ class ChainReader(StorageReader):
         return ChainWriter.validate_checkpoint_id(checkpoint_id)
 
     def steps(self) -> list[int]:
-        """Committed steps of the branch."""
-        return committed_steps(self.root, self.branch)
+        """Committed steps visible on the branch (its ancestors' up to the fork included)."""
+        return [s for _, s in branch_history(self.root, self.branch)]
 
     def resolved_step(self) -> int:
         """The step this reader loads."""
@@ -539,9 +662,10 @@ class ChainReader(StorageReader):
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         step = self.resolved_step()
-        name = _step_name(self.branch, step)
-        if not self.root.exists(name):
+        holders = [b for b, s in branch_history(self.root, self.branch) if s == step]
+        if not holders:
             raise KeyError(f"step {step} is not committed in {self.url} (branch {self.branch})")
+        name = _step_name(holders[-1], step)
         try:
             doc = json.loads(self.root.read(name))
         except ValueError as e:
