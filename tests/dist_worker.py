@@ -13,6 +13,7 @@ MODE ``load-shard1``: the same into DTensors Shard(1) (vectors replicated), writ
 MODE ``crash-data`` / ``crash-commit``: start saving step 6 and SIGKILL this process, rank 1
 just before it commits its rank record / rank 0 (the coordinator) just before it writes the
 step's global metadata.
+MODE ``branch``: branch point and rollback across the ranks (see ``branch``).
 MODE ``resume``: save steps ARG and ARG+1 with a fresh writer (after a crash).
 """
 
@@ -172,6 +173,30 @@ def resume(rank: int, world: int, chain: str, out: str, first: int) -> None:
             dcp.save(sd, storage_writer=writer, checkpoint_id=str(step))
 
 
+def branch(rank: int, world: int, chain: str, out: str) -> None:
+    """Save 6 and 7, branch point "slot" at 7, save 8 on main, roll back, save 8 (other
+    values) on the new branch; rank 0 writes the true states."""
+    flat = _template(out)
+    with ChainWriter(chain, bits=3, anchor_every=4) as writer:
+
+        def save(step: int, scale: float, name: str) -> None:
+            for v in flat.values():
+                v.add_(scale)
+            if rank == 0:
+                save_file(flat, os.path.join(out, f"true-{name}.safetensors"))
+            sd = _shard(_nested({k: v.clone() for k, v in flat.items()}, step), world)
+            dcp.save(sd, storage_writer=writer, checkpoint_id=str(step))
+
+        save(6, 0.5, "6")
+        save(7, 0.25, "7")
+        assert writer.branch_point("slot") == 7
+        save(8, 0.125, "8-main")
+        assert writer.rollback("slot") == "slot.1"
+        for v in flat.values():
+            v.add_(-0.125)  # back to step 7's values
+        save(8, -0.25, "8-slot")
+
+
 def main() -> None:
     mode, rank, world, rdv, chain, out = sys.argv[1:7]
     arg = sys.argv[7] if len(sys.argv) > 7 else ""
@@ -188,6 +213,8 @@ def main() -> None:
             load(r, w, chain, out, arg, "shard1")
         elif mode.startswith("crash-"):
             crash(r, w, chain, out, mode.removeprefix("crash-"))
+        elif mode == "branch":
+            branch(r, w, chain, out)
         elif mode == "resume":
             resume(r, w, chain, out, int(arg))
         else:

@@ -83,7 +83,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return chain, out
 
 
-def load_here(chain: Path, out: Path, step: int) -> dict[str, torch.Tensor]:
+def load_here(
+    chain: Path, out: Path, step: int, branch: str | None = None
+) -> dict[str, torch.Tensor]:
     """Load ``step`` into plain tensors in this process (DCP without a process group)."""
     import warnings
 
@@ -100,7 +102,7 @@ def load_here(chain: Path, out: Path, step: int) -> dict[str, torch.Tensor]:
     sd["counter"] = torch.zeros(1, dtype=torch.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.load(sd, storage_reader=ChainReader(chain, step=step))
+        dcp.load(sd, storage_reader=ChainReader(chain, step=step, branch=branch))
     assert sd["meta"]["step"] == step
     got = {f"{top}.{k}": v for top in ("model", "optim") for k, v in sd[top].items()}
     got["counter"] = sd["counter"]
@@ -207,3 +209,36 @@ def test_killed_save_keeps_previous_step(
             assert bool(((got[k] - u).abs() <= bound).all()), k
         assert int(got["counter"][0]) == step
         prev = got
+
+
+def test_branch_point_and_rollback_across_ranks(
+    tmp_path: Path, trained: tuple[Path, Path], loaded: Path
+) -> None:
+    import shutil
+
+    from deltackpt.distributed import committed_steps
+
+    src, out0 = trained
+    chain = tmp_path / "chain"
+    shutil.copytree(src, chain)
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(out0 / "true-0.safetensors", out / "true-0.safetensors")
+    assert run_job("branch", 2, chain, out) == [0, 0]
+    store = open_store(chain)
+    assert committed_steps(store, "main") == list(range(9))
+    assert committed_steps(store, "slot.1") == [8]
+    for r in (0, 1):
+        with deltackpt.CheckpointChain(chain / f"rank-{r}", mode="r") as c:
+            assert c.info(7, "main")["kind"] == "keyframe"  # the branch point, on every rank
+            assert c.branch == "slot.1"
+    true7 = load_st(out / "true-7.safetensors")
+    for branch in ("main", "slot.1"):
+        got = load_here(chain, out, 7, branch)
+        for k, v in true7.items():
+            assert torch.equal(got[k], v), (branch, k)  # exact at the branch point
+        got8 = load_here(chain, out, 8, branch)
+        true8 = load_st(out / f"true-8-{'main' if branch == 'main' else 'slot'}.safetensors")
+        for k, u in true8.items():
+            bound = (u - true7[k]).abs() + 4 * torch.finfo(torch.float32).eps * u.abs()
+            assert bool(((got8[k] - u).abs() <= bound).all()), (branch, k)
