@@ -12,6 +12,7 @@ Layout under ``path`` (a local directory or an fsspec URL; all files framed and 
     dcp.json                          {"format": "deltackpt-dcp", "version": 1}
     rank-<r>/                         a CheckpointChain (docs/CHAIN.md) holding rank r's items
     dcp/<branch>/<step:012d>.json     the step's global DCP Metadata, as JSON (the commit)
+    dcp-points/, dcp-branches/, dcp-HEAD.json   branch points, branches, the writer's branch
     LOCK                              the coordinator's writer lock (ranks lock rank-<r>/LOCK)
 
 Inside rank ``r``'s chain, the save of step N is a dict ``{group: {leaf: tensor}}`` with
@@ -21,8 +22,10 @@ chain's optimizer-moment rules (``exp_avg_sq`` clamping, ``optimizer_bits``) sti
 Commit protocol: every rank commits its own chain record for step N in ``write_data``; DCP then
 gathers the write results on the coordinator, whose ``finish`` writes ``dcp/<branch>/N.json``
 last. A step exists only once that file exists: a process killed anywhere in a save leaves the
-previous step loadable, and rank records of the unfinished step (``> `` the last committed step)
-are removed when a writer next opens that rank's chain.
+previous step loadable, and rank records without committed metadata (the unfinished step) are
+removed when a writer next opens that rank's chain. Branch points and rollback
+(:meth:`ChainWriter.branch_point`, :meth:`ChainWriter.rollback`) are collective and committed
+by the coordinator last as well (docs/DISTRIBUTED.md).
 
 Non-tensor values (DCP ``BYTE_IO`` items) are never pickled on disk: the writer takes the object
 from the planner (``lookup_object``), stores it as tagged JSON (None, bool, int, float, str,
