@@ -103,10 +103,16 @@ def test_every_step_restores_within_the_quantizer_bound(
                 slack = 4 * EPS32 * torch.maximum(u.abs(), rb.abs())
                 assert torch.all((u - r).abs() <= (u - rb).abs() + slack), (s, k)
                 rel_errors.append(float((u - r).norm() / u.norm()))
-            for idx, mom in true["momentum"].items():
+            for idx, mom in true["momentum"].items():  # optimizer moments: the same bound
                 got = st["optimizer"]["state"][idx]["momentum_buffer"]
                 assert got.shape == mom.shape
-                assert float((got - mom).norm()) <= float(mom.norm()) + 1e-12
+                if info["kind"] == "keyframe":
+                    assert torch.equal(got, mom)
+                    continue
+                assert base is not None
+                mb = base["optimizer"]["state"][idx]["momentum_buffer"]
+                slack = 4 * EPS32 * torch.maximum(mom.abs(), mb.abs())
+                assert torch.all((mom - got).abs() <= (mom - mb).abs() + slack), (s, idx)
         assert chain.stats()["max_restore_depth"] <= 1 + 3 * 3  # digit sum in base 4, n < 30
     assert float(np.mean(rel_errors)) < 0.03
     assert lenet_run["stats"]["ratio"] > 4.0

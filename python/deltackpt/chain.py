@@ -15,6 +15,11 @@ Kinds and levels. ``n`` counts the saves since the last keyframe on the branch:
   coded with ``anchor_bits`` (default ``bits + 1``) against the latest record of level ``>= L``.
 * **step** (level 0): coded with ``bits`` against the previous record.
 
+Priority promotion (keep the ``2^bits - 1`` buckets of largest exponent, zero the rest) is
+applied over the whole state by default (``scope="state"``, LC-checkpoint's delta in R^n):
+elements outside the kept buckets are given their reference value before the per-tensor
+encode, so each tensor keeps its own bucket table and entropy coder.
+
 Restoring the record with ordinal ``n`` applies ``1 + digit_sum(n, base=anchor_every)`` blobs per
 tensor (keyframe, then the anchors of each level, then at most ``anchor_every - 1`` steps): with
 ``anchor_every=10`` and ``keyframe_every=1000`` at most 28. The writer keeps one reconstruction
@@ -276,6 +281,63 @@ def _check_finite(leaf: _Leaf) -> None:
         )
 
 
+def _as_numpy(x: Any) -> np.ndarray:
+    """A float32/float64 numpy view or copy of a host tensor (bf16/fp16 widened to float32)."""
+    if isinstance(x, np.ndarray):
+        return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+    torch = _torch()
+    if x.dtype in (torch.float32, torch.float64):
+        return x.numpy()
+    return x.float().numpy()
+
+
+_EXP_OFFSET = 1100  # frexp exponents of float64 lie in [-1073, 1024]
+
+
+def _bucket_histogram(d: np.ndarray) -> np.ndarray:
+    """Counts of the (exponent, sign) buckets of the non-zero elements of ``d``."""
+    flat = d.reshape(-1)
+    _, e = np.frexp(flat[flat != 0])
+    neg = np.signbit(flat[flat != 0])
+    keys = (e.astype(np.int64) + _EXP_OFFSET) * 2 + neg
+    return np.bincount(keys, minlength=2 * 2 * _EXP_OFFSET + 4)
+
+
+def _kept_buckets(hist: np.ndarray, bits: int) -> np.ndarray:
+    """Priority promotion: the 2^bits - 1 non-empty buckets of largest exponent (bool mask)."""
+    present = np.flatnonzero(hist)[::-1]  # largest exponent first; negative before positive
+    keep = np.zeros(hist.shape, bool)
+    keep[present[: (1 << bits) - 1]] = True
+    return keep
+
+
+def _promote_globally(xs: list[Any], refs: list[Any], bits: int) -> list[Any]:
+    """LC-checkpoint's priority promotion over the whole state (delta in R^n).
+
+    The buckets kept are chosen over all tensors together; the elements of other buckets take
+    their reference's value (a zero delta), so each tensor's own quantizer (its own table and
+    coder) only sees kept buckets. Error feedback carries what was dropped to the next save.
+    """
+    deltas = [_as_numpy(x) - _as_numpy(r) for x, r in zip(xs, refs)]
+    hist = sum(_bucket_histogram(d) for d in deltas)
+    keep = _kept_buckets(np.asarray(hist), bits)
+    out = []
+    for x, r, d in zip(xs, refs, deltas):
+        flat = d.reshape(-1)
+        _, e = np.frexp(flat)
+        keys = (e.astype(np.int64) + _EXP_OFFSET) * 2 + np.signbit(flat)
+        mask = (flat != 0) & keep[keys]
+        if mask.all():
+            out.append(x)
+            continue
+        m = mask.reshape(d.shape)
+        if isinstance(x, np.ndarray):
+            out.append(np.where(m, x, r).astype(x.dtype, copy=False))
+        else:
+            out.append(_torch().where(_torch().from_numpy(m), x, r))
+    return out
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -417,7 +479,11 @@ class CheckpointChain:
     (default ``bits + 1``); ``max_to_keep`` / ``keep_every`` retention on the current branch
     (records that a kept step, a branch point or the writer depends on are never deleted, and
     stay listed); ``async_save`` encodes and writes in one background thread (one save in
-    flight); ``group_below`` tensors with fewer elements share one file per save; ``coder``
+    flight); ``scope="state"`` chooses the kept exponent buckets over the whole state (model
+    and optimizer separately), as LC-checkpoint quantizes the delta in R^n, while each tensor
+    keeps its own table and coder; ``scope="tensor"`` chooses them per tensor (more precise
+    for tensors with small updates, denser, larger);
+    ``group_below`` tensors with fewer elements share one file per save; ``coder``
     is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in parallel on restore.
     """
 
@@ -436,6 +502,7 @@ class CheckpointChain:
         mode: str = "a",
         group_below: int = 4096,
         coder: str = "auto",
+        scope: str = "state",
         threads: int | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -454,6 +521,9 @@ class CheckpointChain:
         self.keep_every = keep_every
         self.group_below = group_below
         self.coder = coder
+        if scope not in ("state", "tensor"):
+            raise ValueError("scope must be 'state' (LC-checkpoint) or 'tensor'")
+        self.scope = scope
         self.mode = mode
         self.threads = threads or min(4, os.cpu_count() or 1)
         self.store = open_store(path_or_url, **(storage_options or {}))
@@ -697,6 +767,24 @@ class CheckpointChain:
         meta: dict[str, tuple[str, str, tuple[int, ...]]] = {}
         written: list[str] = []
         raw_total = 0
+        promoted: dict[str, Any] = {}
+        if base_lv is not None and self.scope == "state":
+            for opt in (False, True):  # model and optimizer state have their own buckets
+                batch = [
+                    lf
+                    for lf in snap.leaves
+                    if lf.optimizer == opt
+                    and lf.is_float
+                    and lf.numel >= 2
+                    and base_lv.meta.get(lf.path) == (lf.lib, lf.dtype, tuple(lf.shape))
+                ]
+                if batch:
+                    b = self.optimizer_bits if opt else self.bits
+                    if level > 0:
+                        b = min(b + (self.anchor_bits - self.bits), 8)
+                    refs = [base_lv.recon[lf.path] for lf in batch]
+                    xs = _promote_globally([lf.value for lf in batch], refs, b)
+                    promoted.update({lf.path: x for lf, x in zip(batch, xs)})
         try:
             for leaf in snap.leaves:
                 x = leaf.value
@@ -715,7 +803,11 @@ class CheckpointChain:
                     ref = base_lv.recon[leaf.path]
                     try:
                         blob = encode(
-                            x, reference=ref, quantizer="exponent", bits=b, coder=self.coder
+                            promoted.get(leaf.path, x),
+                            reference=ref,
+                            quantizer="exponent",
+                            bits=b,
+                            coder=self.coder,
                         )
                     except NonFiniteError as e:
                         raise type(e)(f"tensor {leaf.path}: {e}") from e
