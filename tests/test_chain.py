@@ -482,3 +482,27 @@ def test_sigkill_at_random_moments_loses_no_committed_step(tmp_path: Path) -> No
         assert reader.restore(end - 1)["t"] == end - 1
     store = LocalStore(root)
     assert not [n for n in store._list_all("") if ".tmp-" in n]  # the last writer cleaned up
+
+
+@pytest.mark.parametrize("scope", ["state", "tensor"])
+def test_scopes_keep_the_error_bound_and_threads_agree(tmp_path: Path, scope: str) -> None:
+    g = torch.Generator().manual_seed(11)
+    big, small = torch.randn(6000, generator=g), torch.randn(300, generator=g) * 1e-3
+    truth = []
+    with dk.CheckpointChain(tmp_path / scope, anchor_every=3, scope=scope) as chain:
+        for s in range(8):
+            big = big + 0.01 * torch.randn(6000, generator=g)
+            small = small + 1e-5 * torch.randn(300, generator=g)  # much smaller updates
+            chain.save(s, {"big": big, "small": small})
+            truth.append({"big": big.clone(), "small": small.clone()})
+    one = dk.CheckpointChain(tmp_path / scope, mode="r", threads=1)
+    many = dk.CheckpointChain(tmp_path / scope, mode="r", threads=4)
+    for s in range(1, 8):
+        got, base_step = many.restore(s), many.info(s)["base"][1]
+        ref = one.restore(s)
+        base = one.restore(base_step)
+        for k in ("big", "small"):
+            assert torch.equal(got[k], ref[k])
+            u, r, rb = truth[s][k], got[k], base[k]
+            slack = 4 * EPS32 * torch.maximum(u.abs(), rb.abs())
+            assert torch.all((u - r).abs() <= (u - rb).abs() + slack), (scope, s, k)
