@@ -305,8 +305,11 @@ def main() -> None:
         "",
         "Notes: relative error is ||u_t - r_t|| / ||u_t|| over the whole state at each step "
         "(r_t = the restored state), averaged over all steps. Save time includes copying the "
-        "state, encoding, writing with fsync and committing; with async_save it is the time "
-        "save() blocks the training loop. Restore time is a fresh read of each step.",
+        "state, encoding, writing with fsync and committing. The states are precomputed and saved "
+        "back to back, so async_save has nothing to overlap here (each save() waits for the "
+        "previous one); in a training loop it overlaps one training step. Restore time is a "
+        "fresh read of each step from a reader (page cache warm). Accuracy is on the 797 "
+        "held-out digits, of the final step restored from each scheme.",
     ]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
