@@ -506,3 +506,30 @@ def test_scopes_keep_the_error_bound_and_threads_agree(tmp_path: Path, scope: st
             u, r, rb = truth[s][k], got[k], base[k]
             slack = 4 * EPS32 * torch.maximum(u.abs(), rb.abs())
             assert torch.all((u - r).abs() <= (u - rb).abs() + slack), (scope, s, k)
+
+
+def test_forged_records_with_valid_checksums_raise_corrupt(tmp_path: Path) -> None:
+    root = tmp_path / "forged"
+    with dk.CheckpointChain(root, anchor_every=3) as chain:
+        for s in range(3):
+            chain.save(s, {"w": torch.linspace(0, 1, 5000) + s * 0.01, "i": torch.arange(3)})
+    store = LocalStore(root)
+    name = "records/main/000000000002.json"
+    original = json.loads(zlib.decompress(store.read(name)))
+    forgeries = [
+        {"entries": [[1, 2, 3, 4]] * len(original["entries"])},
+        {"entries": [["delta", 0, 10**9, 5]] * len(original["entries"])},
+        {"entries": [["bogus", 0, 0, 1]] * len(original["entries"])},
+        {"entries": original["entries"][:1]},
+        {"base": ["main", 77]},
+        {"schema": "0" * 32},
+        {"prefix": "../../etc/passwd"},
+        {"version": 99},
+    ]
+    for change in forgeries:
+        store.write(name, zlib.compress(json.dumps({**original, **change}).encode()))
+        reader = dk.CheckpointChain(root, mode="r")
+        with pytest.raises((dk.CorruptDataError, dk.UnsupportedError)):
+            reader.restore(2)
+    store.write(name, zlib.compress(json.dumps(original).encode()))
+    assert dk.CheckpointChain(root, mode="r").restore(2)["i"].tolist() == [0, 1, 2]

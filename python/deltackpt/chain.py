@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from ._api import decode, encode
-from .errors import CorruptDataError, NonFiniteError, UnsupportedError
+from .errors import CorruptDataError, DeltackptError, NonFiniteError, UnsupportedError
 from .store import Store, open_store
 
 FORMAT = "deltackpt-chain"
@@ -1082,7 +1082,10 @@ class CheckpointChain:
 
     def _restore_rid(self, rid: RecId) -> Any:
         rec = self._record(rid)
-        sch = self._schema(rec.schema)
+        try:
+            sch = self._schema(rec.schema)
+        except FileNotFoundError as e:
+            raise _corrupt(f"record {rid} names a missing schema {rec.schema}") from e
         tensors, _ = self._decode_tensors(rec, sch, list(range(len(sch.tensors))))
         try:
             return _rebuild(sch.tree, rec.values, tensors)
@@ -1115,7 +1118,15 @@ class CheckpointChain:
         jobs = [(i, sch.tensors[i]["path"]) for i in idx]
 
         def one(i: int) -> Any:
-            return self._decode_one(rec, sch.tensors[i], cache)
+            try:
+                return self._decode_one(rec, sch.tensors[i], cache)
+            except DeltackptError:
+                raise
+            except FileNotFoundError as e:
+                raise _corrupt(f"record {rec.rid} depends on a missing file: {e}") from e
+            except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
+                # a checksummed but malformed (forged) record or schema: never a crash
+                raise _corrupt(f"record {rec.rid}, tensor {i}: {type(e).__name__}: {e}") from e
 
         if len(jobs) > 1 and self.threads > 1:
             with cf.ThreadPoolExecutor(self.threads) as pool:
