@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 from deltackpt.store import HEADER, LocalStore
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(__file__))
 from lenet_digits import LeNet5, accuracy, digits
@@ -533,3 +535,51 @@ def test_forged_records_with_valid_checksums_raise_corrupt(tmp_path: Path) -> No
             reader.restore(2)
     store.write(name, zlib.compress(json.dumps(original).encode()))
     assert dk.CheckpointChain(root, mode="r").restore(2)["i"].tolist() == [0, 1, 2]
+
+
+_plain = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, width=64),
+    st.text(max_size=8),
+)
+_keys = st.one_of(st.text(max_size=6), st.integers(-5, 5))
+_tensors = st.builds(
+    lambda n, dt, seed: torch.randn(n, generator=torch.Generator().manual_seed(seed)).to(dt),
+    st.integers(0, 40),
+    st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32]),
+    st.integers(0, 1000),
+)
+_states = st.recursive(
+    st.one_of(_plain, _tensors),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(_keys, inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and list(a) == list(b)
+            and all(type(k) is type(j) for k, j in zip(a, b))
+            and all(_same(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=25, deadline=None)
+@given(state=_states)
+def test_any_nesting_roundtrips_exactly_in_a_keyframe(state: Any) -> None:
+    with dk.CheckpointChain(f"memory://h-{uuid.uuid4().hex}") as chain:
+        chain.save(0, {"s": state})
+        assert _same(chain.restore(0)["s"], state)
