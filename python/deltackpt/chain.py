@@ -472,6 +472,20 @@ class CheckpointChain:
     a stale lock of a dead process on this host is recovered); ``mode="r"`` only reads and never
     needs the lock. Use it as a context manager, or call :meth:`close`.
 
+    >>> import numpy as np, deltackpt as dk
+    >>> w = np.linspace(-1, 1, 5000, dtype=np.float32)
+    >>> with dk.CheckpointChain("memory://doc-chain", anchor_every=4) as chain:
+    ...     for step in range(6):
+    ...         chain.save(step, {"w": w + 0.01 * step, "epoch": step // 3})
+    ...     chain.branch_point("before-slot-2")
+    ...     state = chain.restore(3)
+    ...     exact = chain.rollback("before-slot-2")
+    ...     (state["epoch"], chain.steps(), chain.branch)
+    5
+    (1, [0, 1, 2, 3, 4, 5], 'before-slot-2.1')
+    >>> bool((exact["w"] == w + 0.01 * 5).all())
+    True
+
     Parameters: ``bits`` of the exponent quantizer for steps; ``anchor_every`` (S) the anchor
     period, each level multiplying it; ``keyframe_every`` steps between periodic exact
     keyframes (None: only the first save, branch points and ``exact=True``);
