@@ -291,23 +291,26 @@ def _as_numpy(x: Any) -> np.ndarray:
     return x.float().numpy()
 
 
-_EXP_OFFSET = 1100  # frexp exponents of float64 lie in [-1073, 1024]
+def _bucket_keys(d: np.ndarray) -> np.ndarray:
+    """Per element ``sign << E | biased exponent`` from the IEEE bits (float32 or float64)."""
+    if d.dtype == np.float32:
+        return d.reshape(-1).view(np.uint32) >> np.uint32(23)
+    return d.reshape(-1).view(np.uint64) >> np.uint64(52)
 
 
-def _bucket_histogram(d: np.ndarray) -> np.ndarray:
-    """Counts of the (exponent, sign) buckets of the non-zero elements of ``d``."""
-    flat = d.reshape(-1)
-    _, e = np.frexp(flat[flat != 0])
-    neg = np.signbit(flat[flat != 0])
-    keys = (e.astype(np.int64) + _EXP_OFFSET) * 2 + neg
-    return np.bincount(keys, minlength=2 * 2 * _EXP_OFFSET + 4)
+def _kept_buckets(hist: np.ndarray, bits: int, exp_bits: int) -> np.ndarray:
+    """Priority promotion over a histogram of bucket keys: a bool table of the kept keys.
 
-
-def _kept_buckets(hist: np.ndarray, bits: int) -> np.ndarray:
-    """Priority promotion: the 2^bits - 1 non-empty buckets of largest exponent (bool mask)."""
-    present = np.flatnonzero(hist)[::-1]  # largest exponent first; negative before positive
-    keep = np.zeros(hist.shape, bool)
-    keep[present[: (1 << bits) - 1]] = True
+    Keeps the ``2^bits - 1`` non-empty (sign, exponent) buckets of largest exponent; the
+    biased exponent 0 (zeros and subnormals) is never kept.
+    """
+    n_exp = 1 << exp_bits
+    exps = np.arange(hist.size) % n_exp
+    signs = np.arange(hist.size) // n_exp
+    present = np.flatnonzero((hist > 0) & (exps > 0))
+    order = present[np.lexsort((-signs[present], -exps[present]))]
+    keep = np.zeros(hist.size, bool)
+    keep[order[: (1 << bits) - 1]] = True
     return keep
 
 
@@ -318,23 +321,27 @@ def _promote_globally(xs: list[Any], refs: list[Any], bits: int) -> list[Any]:
     their reference's value (a zero delta), so each tensor's own quantizer (its own table and
     coder) only sees kept buckets. Error feedback carries what was dropped to the next save.
     """
+    by_kind: dict[Any, list[int]] = {}
     deltas = [_as_numpy(x) - _as_numpy(r) for x, r in zip(xs, refs)]
-    hist = sum(_bucket_histogram(d) for d in deltas)
-    keep = _kept_buckets(np.asarray(hist), bits)
-    out = []
-    for x, r, d in zip(xs, refs, deltas):
-        flat = d.reshape(-1)
-        _, e = np.frexp(flat)
-        keys = (e.astype(np.int64) + _EXP_OFFSET) * 2 + np.signbit(flat)
-        mask = (flat != 0) & keep[keys]
-        if mask.all():
-            out.append(x)
-            continue
-        m = mask.reshape(d.shape)
-        if isinstance(x, np.ndarray):
-            out.append(np.where(m, x, r).astype(x.dtype, copy=False))
-        else:
-            out.append(_torch().where(_torch().from_numpy(m), x, r))
+    keys = [_bucket_keys(d) for d in deltas]
+    for i, d in enumerate(deltas):
+        by_kind.setdefault(d.dtype, []).append(i)
+    out = list(xs)
+    for dtype, idx in by_kind.items():
+        exp_bits = 8 if dtype == np.float32 else 11
+        hist = sum(np.bincount(keys[i], minlength=2 << exp_bits) for i in idx)
+        keep = _kept_buckets(np.asarray(hist), bits, exp_bits)
+        for i in idx:
+            mask = keep[keys[i]].reshape(deltas[i].shape)
+            if mask.all():
+                continue
+            x, r = xs[i], refs[i]
+            if isinstance(x, np.ndarray):
+                out[i] = np.where(mask, x, r)
+            elif x.dtype in (_torch().float32, _torch().float64):
+                out[i] = _torch().from_numpy(np.where(mask, x.numpy(), r.numpy()))
+            else:
+                out[i] = _torch().where(_torch().from_numpy(mask), x, r)
     return out
 
 
