@@ -338,6 +338,8 @@ def test_flipped_bytes_raise_never_wrong_tensors(tmp_path: Path) -> None:
             w = w + 0.01 * torch.randn(5000, generator=g)
             chain.save(s, {"w": w, "small": w[:10] * 2, "n": s})
         good = {s: chain.restore(s) for s in range(7)}
+    with dk.CheckpointChain(root, mode="r") as reader:
+        assert reader.verify(decode_all=True) == {}
     rng = random.Random(42)
     files = [p for p in _chain_files(root) if p.name != "LOCK"]
     assert len(files) >= 20
@@ -363,6 +365,8 @@ def test_flipped_bytes_raise_never_wrong_tensors(tmp_path: Path) -> None:
                 assert torch.equal(got["small"], good[s]["small"]) and got["n"] == s
             if p.parent.name != "branches" and p.name not in ("chain.json",):
                 assert raised, f"flip at {pos} of {p} went unnoticed"
+                if p.parent.parent.name in ("records", "data") or p.parent.name == "schemas":
+                    assert reader.verify(), f"verify missed a flip in {p}"
         p.write_bytes(original)
 
 
