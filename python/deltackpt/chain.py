@@ -298,20 +298,27 @@ def _bucket_keys(d: np.ndarray) -> np.ndarray:
     return d.reshape(-1).view(np.uint64) >> np.uint64(52)
 
 
-def _kept_buckets(hist: np.ndarray, bits: int, exp_bits: int) -> np.ndarray:
-    """Priority promotion over a histogram of bucket keys: a bool table of the kept keys.
+def _kept_buckets(hist: np.ndarray, bits: int, exp_bits: int) -> tuple[int, int | None]:
+    """Priority promotion over a histogram of bucket keys (``sign << exp_bits | exponent``).
 
-    Keeps the ``2^bits - 1`` non-empty (sign, exponent) buckets of largest exponent; the
-    biased exponent 0 (zeros and subnormals) is never kept.
+    Keeps the ``2^bits - 1`` non-empty (sign, exponent) buckets of largest exponent (negative
+    first on a tie); the biased exponent 0 (zeros, subnormals) is never kept. Returns
+    ``(e_min, sign_min)``: every bucket of exponent > e_min is kept, and at e_min the buckets of
+    both signs (``sign_min`` None) or only of sign ``sign_min``. e_min = 0 keeps nothing.
     """
     n_exp = 1 << exp_bits
     exps = np.arange(hist.size) % n_exp
     signs = np.arange(hist.size) // n_exp
     present = np.flatnonzero((hist > 0) & (exps > 0))
-    order = present[np.lexsort((-signs[present], -exps[present]))]
-    keep = np.zeros(hist.size, bool)
-    keep[order[: (1 << bits) - 1]] = True
-    return keep
+    order = present[np.lexsort((-signs[present], -exps[present]))][: (1 << bits) - 1]
+    if order.size == 0:
+        return n_exp, None  # nothing to keep
+    e_min = int(exps[order[-1]])
+    kept_at_min = {int(signs[o]) for o in order if exps[o] == e_min}
+    present_at_min = {int(signs[o]) for o in present if exps[o] == e_min}
+    if kept_at_min == present_at_min:
+        return e_min, None
+    return e_min, kept_at_min.pop()
 
 
 def _promote_globally(xs: list[Any], refs: list[Any], bits: int) -> list[Any]:
@@ -330,11 +337,18 @@ def _promote_globally(xs: list[Any], refs: list[Any], bits: int) -> list[Any]:
     for dtype, idx in by_kind.items():
         exp_bits = 8 if dtype == np.float32 else 11
         hist = sum(np.bincount(keys[i], minlength=2 << exp_bits) for i in idx)
-        keep = _kept_buckets(np.asarray(hist), bits, exp_bits)
+        e_min, sign_min = _kept_buckets(np.asarray(hist), bits, exp_bits)
+        kdt = keys[idx[0]].dtype.type
         for i in idx:
-            mask = keep[keys[i]].reshape(deltas[i].shape)
+            exp = keys[i] & kdt((1 << exp_bits) - 1)
+            if sign_min is None:
+                mask = exp >= kdt(e_min)
+            else:
+                sign = keys[i] >> kdt(exp_bits)
+                mask = (exp > kdt(e_min)) | ((exp == kdt(e_min)) & (sign == kdt(sign_min)))
             if mask.all():
                 continue
+            mask = mask.reshape(deltas[i].shape)
             x, r = xs[i], refs[i]
             if isinstance(x, np.ndarray):
                 out[i] = np.where(mask, x, r)
