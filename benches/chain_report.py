@@ -40,8 +40,9 @@ if any(  # the in-tree package when built in place, else the installed one
     sys.path.insert(0, _PY)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-import deltackpt as dk  # noqa: E402
 from lenet_digits import LeNet5, accuracy, digits  # noqa: E402
+
+import deltackpt as dk  # noqa: E402
 
 State = dict[str, np.ndarray]
 

@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import deltackpt as dk
 import numpy as np
 import pytest
 import torch
-from deltackpt.store import HEADER, LocalStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import deltackpt as dk
+from deltackpt.store import HEADER, LocalStore
 
 sys.path.insert(0, os.path.dirname(__file__))
 from lenet_digits import LeNet5, accuracy, digits
@@ -587,3 +588,27 @@ def test_any_nesting_roundtrips_exactly_in_a_keyframe(state: Any) -> None:
     with dk.CheckpointChain(f"memory://h-{uuid.uuid4().hex}") as chain:
         chain.save(0, {"s": state})
         assert _same(chain.restore(0)["s"], state)
+
+
+def test_global_priority_promotion_matches_the_lc_rule() -> None:
+    """Elements kept by the chain's pre-pass are exactly the 2^b - 1 largest (sign, exponent)
+    buckets of the whole state's delta, checked against a direct frexp implementation."""
+    from deltackpt.chain import _promote_globally
+
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        refs = [rng.standard_normal(n).astype(np.float32) for n in (500, 37, 2000)]
+        scale = [10.0 ** rng.integers(-6, -1) for _ in refs]
+        xs = [r + (s * rng.standard_normal(r.size)).astype(np.float32) for r, s in zip(refs, scale)]
+        xs[1][:5] = refs[1][:5]  # exact zeros in the delta
+        bits = int(rng.integers(1, 4))
+        out = _promote_globally(xs, refs, bits)
+        d = np.concatenate([x - r for x, r in zip(xs, refs)])
+        mant, e = np.frexp(d)
+        buckets = sorted({(int(ei), bool(si)) for ei, si, di in zip(e, d < 0, d) if di != 0})
+        kept = set(sorted(buckets, key=lambda b: (-b[0], -int(b[1])))[: (1 << bits) - 1])
+        want = np.array([di != 0 and (int(ei), bool(di < 0)) in kept for ei, di in zip(e, d)])
+        got = np.concatenate([o != r for o, r in zip(out, refs)])
+        assert np.array_equal(got, want), trial
+        for o, x, r in zip(out, xs, refs):  # kept elements are untouched, the others are r
+            assert o.dtype == x.dtype and np.array_equal(o[o != r], x[o != r])
