@@ -38,7 +38,11 @@ pub(super) fn deflate_decode(body: &[u8], out: &mut [u8]) -> Result<()> {
     let mut extra = [0u8; 1];
     match dec.read(&mut extra) {
         Ok(0) => Ok(()),
-        Ok(_) => Err(Error::corrupt("deflate stream decodes to more symbols than declared")),
-        Err(e) => Err(Error::corrupt(format!("deflate stream does not decode: {e}"))),
+        Ok(_) => Err(Error::corrupt(
+            "deflate stream decodes to more symbols than declared",
+        )),
+        Err(e) => Err(Error::corrupt(format!(
+            "deflate stream does not decode: {e}"
+        ))),
     }
 }

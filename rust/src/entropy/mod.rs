@@ -14,6 +14,13 @@
 //! ```
 
 mod baseline;
+pub mod bitio;
+pub mod chunks;
+pub mod huffman;
+pub mod lz77;
+pub mod runs;
+pub mod simd;
+pub mod tans;
 
 use crate::error::{Error, Result};
 
@@ -28,6 +35,12 @@ pub enum Coder {
     Zstd,
     /// Deflate (gzip's coder, baseline), level 6.
     Gzip,
+    /// tANS in independent chunks ([`tans`], [`chunks`]).
+    Tans,
+    /// Canonical Huffman in independent chunks ([`huffman`], [`chunks`]).
+    Huffman,
+    /// LZ77 with entropy-coded literals, lengths and distances ([`lz77`]).
+    Lz77,
 }
 
 impl Coder {
@@ -38,9 +51,12 @@ impl Coder {
             "raw" => Coder::Raw,
             "zstd" => Coder::Zstd,
             "gzip" => Coder::Gzip,
+            "tans" => Coder::Tans,
+            "huffman" => Coder::Huffman,
+            "lz77" => Coder::Lz77,
             other => {
                 return Err(Error::invalid(format!(
-                    "unknown coder {other:?}; expected one of \"auto\", \"raw\", \"zstd\", \"gzip\""
+                    "unknown coder {other:?}; expected one of \"auto\", \"raw\", \"tans\", \"huffman\", \"lz77\", \"zstd\", \"gzip\""
                 )))
             }
         })
@@ -53,6 +69,9 @@ impl Coder {
             Coder::Raw => "raw",
             Coder::Zstd => "zstd",
             Coder::Gzip => "gzip",
+            Coder::Tans => "tans",
+            Coder::Huffman => "huffman",
+            Coder::Lz77 => "lz77",
         }
     }
 }
@@ -61,6 +80,7 @@ impl Coder {
 const ID_RAW: u8 = 0;
 const ID_ZSTD: u8 = 1;
 const ID_GZIP: u8 = 2;
+const ID_CHUNKED: u8 = 3;
 
 /// Encode `symbols` with `coder` into a self-describing stream.
 pub fn encode(symbols: &[u8], coder: Coder) -> Result<Vec<u8>> {
@@ -71,37 +91,53 @@ pub fn encode(symbols: &[u8], coder: Coder) -> Result<Vec<u8>> {
 
 /// Encode `symbols` with `coder`, appending the stream to `out`.
 pub fn encode_into(symbols: &[u8], coder: Coder, out: &mut Vec<u8>) -> Result<()> {
-    let start = out.len();
     match coder {
         Coder::Raw => {
             out.push(ID_RAW);
             put_len(out, symbols.len());
             out.extend_from_slice(symbols);
         }
-        Coder::Zstd => {
-            out.push(ID_ZSTD);
+        Coder::Zstd => encode_zstd(symbols, 3, out)?,
+        Coder::Gzip => encode_gzip(symbols, 6, out)?,
+        Coder::Auto | Coder::Tans | Coder::Huffman | Coder::Lz77 => {
+            out.push(ID_CHUNKED);
             put_len(out, symbols.len());
-            baseline::zstd_encode(symbols, 3, out)?;
-        }
-        Coder::Gzip => {
-            out.push(ID_GZIP);
-            put_len(out, symbols.len());
-            baseline::deflate_encode(symbols, 6, out)?;
-        }
-        Coder::Auto => {
-            encode_into(symbols, Coder::Zstd, out)?;
-            if out.len() - start > symbols.len() + 1 + 8 {
-                out.truncate(start);
-                encode_into(symbols, Coder::Raw, out)?;
-            }
+            chunks::encode(symbols, coder, out)?;
         }
     }
     Ok(())
 }
 
+/// Encode `symbols` with zstd at `level` (baseline), appending a self-describing stream.
+pub fn encode_zstd(symbols: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
+    out.push(ID_ZSTD);
+    put_len(out, symbols.len());
+    baseline::zstd_encode(symbols, level, out)
+}
+
+/// Encode `symbols` with deflate at `level` (0..=9, baseline), appending a self-describing
+/// stream.
+pub fn encode_gzip(symbols: &[u8], level: u32, out: &mut Vec<u8>) -> Result<()> {
+    out.push(ID_GZIP);
+    put_len(out, symbols.len());
+    baseline::deflate_encode(symbols, level, out)
+}
+
 /// Decode a stream written by [`encode`].
 pub fn decode(data: &[u8]) -> Result<Vec<u8>> {
-    let (n, _) = peek_len(data)?;
+    let (n, body) = peek_len(data)?;
+    // Refuse to allocate for counts the payload cannot possibly describe.
+    let plausible = match data[0] {
+        ID_RAW => body.len() == n,
+        ID_CHUNKED => body.len() >= chunks::min_container_len(n),
+        _ => true,
+    };
+    if !plausible {
+        return Err(Error::corrupt(format!(
+            "stream declares {n} symbols but its {} payload bytes cannot hold them",
+            body.len()
+        )));
+    }
     let mut out = try_alloc(n)?;
     decode_into(data, &mut out)?;
     Ok(out)
@@ -131,6 +167,7 @@ pub fn decode_into(data: &[u8], out: &mut [u8]) -> Result<()> {
         }
         ID_ZSTD => baseline::zstd_decode(body, out),
         ID_GZIP => baseline::deflate_decode(body, out),
+        ID_CHUNKED => chunks::decode(body, out),
         id => Err(Error::Unsupported(format!(
             "unknown symbol coder id {id}; this stream was written by a newer deltackpt"
         ))),
@@ -143,7 +180,9 @@ fn put_len(out: &mut Vec<u8>, n: usize) {
 
 fn peek_len(data: &[u8]) -> Result<(usize, &[u8])> {
     if data.len() < 9 {
-        return Err(Error::corrupt("symbol stream shorter than its 9-byte header"));
+        return Err(Error::corrupt(
+            "symbol stream shorter than its 9-byte header",
+        ));
     }
     let n = u64::from_le_bytes(data[1..9].try_into().unwrap());
     let n = usize::try_from(n).map_err(|_| Error::corrupt("symbol count exceeds address space"))?;
@@ -155,7 +194,9 @@ fn peek_len(data: &[u8]) -> Result<(usize, &[u8])> {
 pub(crate) fn try_alloc(n: usize) -> Result<Vec<u8>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
-        Error::corrupt(format!("stream declares {n} symbols, more than memory allows"))
+        Error::corrupt(format!(
+            "stream declares {n} symbols, more than memory allows"
+        ))
     })?;
     v.resize(n, 0);
     Ok(v)

@@ -1,0 +1,672 @@
+//! Tabled asymmetric numeral systems (tANS) over byte alphabets.
+//!
+//! The coder follows the FSE construction: symbol counts are normalized to `L = 2^R` slots
+//! (`R` in [`MIN_LOG`]`..=`[`MAX_LOG`], chosen per stream), the slots are spread over the table
+//! with an odd step (every present symbol gets at least one slot, however rare), and each
+//! decode step is one table lookup plus a bit read of 0..=R bits; transitions that read zero
+//! bits cost nothing and take no branch, so a symbol of probability 0.99 costs ~0.015 bit.
+//!
+//! Four states are interleaved (symbol `i` belongs to state `i % 4`) to hide the latency of the
+//! lookup chain. The encoder runs over the symbols in reverse, so the decoder reads the bit
+//! stream backwards from an end marker.
+//!
+//! Body layout (the symbol count is known from the enclosing stream):
+//!
+//! ```text
+//! byte 0      R - 5 (0..=7)
+//! byte 1      max symbol M (alphabet 0..=M)
+//! bits        counts f_0 .. f_{M-1}, LSB-first; f_s takes bitlen(L - f_0 - .. - f_{s-1}) bits;
+//!             f_M is the remainder and must be >= 1; padded to a byte
+//! bits        the tANS bit stream, read backwards from its end marker: first the four final
+//!             states (R bits each, state 0 first), then per symbol the transition bits
+//! ```
+//!
+//! An empty symbol sequence has an empty body.
+
+use super::bitio::{mask, BackReader, BitReader, BitWriter};
+use crate::error::{Error, Result};
+
+/// Smallest table log used.
+pub const MIN_LOG: u32 = 5;
+/// Largest table log used (4096 states; the decode table is 16 KiB and stays in L1).
+pub const MAX_LOG: u32 = 12;
+const TABLE_SIZE: usize = 1 << MAX_LOG;
+const LANES: usize = 4;
+
+/// Normalized symbol counts: `counts[s]` slots of `1 << log` for symbol `s`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Norm {
+    /// Table log `R`.
+    pub log: u32,
+    /// Slot counts, length `max symbol + 1`, summing to `1 << log`.
+    pub counts: Vec<u32>,
+}
+
+/// Byte histogram of `symbols`.
+pub fn histogram(symbols: &[u8]) -> [u32; 256] {
+    super::simd::histogram(symbols)
+}
+
+/// Normalize `hist` (total `n > 0`) to `1 << log` slots minimizing the coded size: start from
+/// the rounded-down share (at least 1 for present symbols), then move single slots greedily to
+/// where they gain (or cost) the most `count * log2` bits. Needs `1 << log >= present symbols`.
+pub fn normalize(hist: &[u32; 256], log: u32) -> Norm {
+    let l = 1u64 << log;
+    let n: u64 = hist.iter().map(|&c| c as u64).sum();
+    let max_sym = hist.iter().rposition(|&c| c > 0).unwrap_or(0);
+    let mut f = vec![0u32; max_sym + 1];
+    let mut sum = 0u64;
+    for (s, fs) in f.iter_mut().enumerate() {
+        let c = hist[s] as u64;
+        if c > 0 {
+            *fs = ((c * l) / n).max(1) as u32;
+            sum += *fs as u64;
+        }
+    }
+    let gain = |c: u32, fs: u32| c as f64 * ((fs as f64 + 1.0) / fs as f64).log2();
+    let loss = |c: u32, fs: u32| {
+        if fs <= 1 {
+            f64::INFINITY
+        } else {
+            c as f64 * (fs as f64 / (fs as f64 - 1.0)).log2()
+        }
+    };
+    if sum < l {
+        let mut g: Vec<f64> = f
+            .iter()
+            .enumerate()
+            .map(|(s, &fs)| if fs > 0 { gain(hist[s], fs) } else { -1.0 })
+            .collect();
+        while sum < l {
+            let best = argmax(&g);
+            f[best] += 1;
+            g[best] = gain(hist[best], f[best]);
+            sum += 1;
+        }
+    } else if sum > l {
+        let mut d: Vec<f64> = f
+            .iter()
+            .enumerate()
+            .map(|(s, &fs)| loss(hist[s], fs))
+            .collect();
+        while sum > l {
+            let best = argmin(&d);
+            f[best] -= 1;
+            d[best] = loss(hist[best], f[best]);
+            sum -= 1;
+        }
+    }
+    Norm { log, counts: f }
+}
+
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn argmin(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x < v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Estimated payload bits of coding a stream with histogram `hist` under `norm`.
+pub fn cost_bits(hist: &[u32; 256], norm: &Norm) -> f64 {
+    let l = (1u64 << norm.log) as f64;
+    norm.counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &f)| f > 0)
+        .map(|(s, &f)| hist[s] as f64 * (l / f as f64).log2())
+        .sum()
+}
+
+fn header_bits(norm: &Norm) -> u64 {
+    let l = 1u32 << norm.log;
+    let mut rem = l;
+    let mut bits = 16u64;
+    for &f in &norm.counts[..norm.counts.len() - 1] {
+        bits += (32 - rem.leading_zeros()) as u64;
+        rem -= f;
+    }
+    bits
+}
+
+/// Choose the table log for a stream with histogram `hist` and return its normalization and
+/// the estimated total body size in bits (header, payload and final states).
+pub fn plan(hist: &[u32; 256]) -> (Norm, f64) {
+    let n: u64 = hist.iter().map(|&c| c as u64).sum();
+    let present = hist.iter().filter(|&&c| c > 0).count().max(1) as u32;
+    // Enough slots for every present symbol.
+    let min_log = (32 - (present - 1).leading_zeros()).clamp(MIN_LOG, MAX_LOG);
+    let logs = if n >= 1 << 14 {
+        MAX_LOG..=MAX_LOG
+    } else {
+        min_log..=MAX_LOG
+    };
+    let mut best: Option<(Norm, f64)> = None;
+    for log in logs {
+        let norm = normalize(hist, log);
+        let bits =
+            cost_bits(hist, &norm) + header_bits(&norm) as f64 + (LANES as u32 * log) as f64 + 8.0;
+        if best.as_ref().is_none_or(|b| bits < b.1) {
+            best = Some((norm, bits));
+        }
+    }
+    best.unwrap()
+}
+
+/// Build the slot -> symbol spread of a normalization.
+fn spread(norm: &Norm, table: &mut [u8; TABLE_SIZE]) {
+    let l = 1usize << norm.log;
+    let step = (l >> 1) + (l >> 3) + 3;
+    let m = l - 1;
+    let mut pos = 0usize;
+    for (s, &f) in norm.counts.iter().enumerate() {
+        for _ in 0..f {
+            table[pos & m] = s as u8;
+            pos = (pos + step) & m;
+        }
+    }
+}
+
+/// One decode-table entry: the slot's symbol, the bits to read, and the base of the next
+/// state (`next = base + bits`).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct DEntry {
+    base: u16,
+    sym: u8,
+    nb: u8,
+}
+
+/// Decode table sized for the largest log, so that lookups masked with `TABLE_SIZE - 1`
+/// need no bounds check.
+pub(crate) struct DTable {
+    pub(crate) log: u32,
+    entries: Box<[DEntry; TABLE_SIZE]>,
+}
+
+impl DTable {
+    pub(crate) fn new(norm: &Norm) -> Self {
+        let mut sym = [0u8; TABLE_SIZE];
+        spread(norm, &mut sym);
+        let l = 1u32 << norm.log;
+        let mut next: Vec<u32> = norm.counts.clone();
+        let mut entries = Box::new([DEntry::default(); TABLE_SIZE]);
+        for (x, e) in entries.iter_mut().take(l as usize).enumerate() {
+            let s = sym[x];
+            let nx = next[s as usize];
+            next[s as usize] += 1;
+            let nb = norm.log - (31 - nx.leading_zeros());
+            *e = DEntry {
+                base: ((nx << nb) - l) as u16,
+                sym: s,
+                nb: nb as u8,
+            };
+        }
+        DTable {
+            log: norm.log,
+            entries,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn step(&self, x: &mut usize, r: &mut BackReader) -> u8 {
+        let e = self.entries[*x & (TABLE_SIZE - 1)];
+        *x = e.base as usize + r.read(e.nb as u32) as usize;
+        e.sym
+    }
+}
+
+/// Encode tables: per symbol the bit-count delta and the offset into the state table.
+pub(crate) struct ETable {
+    states: Vec<u16>,
+    sym: [(u32, i32); 256],
+}
+
+impl ETable {
+    pub(crate) fn new(norm: &Norm) -> Self {
+        let mut spread_t = [0u8; TABLE_SIZE];
+        spread(norm, &mut spread_t);
+        let l = 1usize << norm.log;
+        let mut cumul = [0u32; 257];
+        for s in 0..256 {
+            cumul[s + 1] = cumul[s] + norm.counts.get(s).copied().unwrap_or(0);
+        }
+        let mut states = vec![0u16; l];
+        let mut fill = cumul;
+        for (x, &s) in spread_t.iter().take(l).enumerate() {
+            states[fill[s as usize] as usize] = (l + x) as u16;
+            fill[s as usize] += 1;
+        }
+        let mut sym = [(0u32, 0i32); 256];
+        for (s, &f) in norm.counts.iter().enumerate() {
+            if f == 0 {
+                continue;
+            }
+            let max_bits = norm.log - (31 - f.leading_zeros());
+            let delta_nb = (max_bits << 16).wrapping_sub(f << max_bits);
+            sym[s] = (delta_nb, cumul[s] as i32 - f as i32);
+        }
+        ETable { states, sym }
+    }
+
+    /// Encode `s` from state `x` (in `[L, 2L)`), putting the shed bits into `w`.
+    #[inline(always)]
+    pub(crate) fn step(&self, x: &mut u32, s: u8, w: &mut BitWriter) {
+        let (delta_nb, delta_find) = self.sym[s as usize];
+        let nb = x.wrapping_add(delta_nb) >> 16;
+        w.put((*x as u64) & mask(nb), nb);
+        let idx = ((*x >> nb) as i32 + delta_find) as usize;
+        *x = self.states[idx] as u32;
+    }
+}
+
+/// Append the count header of `norm` (the first two fields of the body layout).
+pub fn write_header(norm: &Norm, out: &mut Vec<u8>) {
+    out.push((norm.log - MIN_LOG) as u8);
+    out.push((norm.counts.len() - 1) as u8);
+    let mut w = BitWriter::new(out, 13 * 256);
+    let mut rem = 1u32 << norm.log;
+    for &f in &norm.counts[..norm.counts.len() - 1] {
+        w.put(f as u64, 32 - rem.leading_zeros());
+        w.flush();
+        rem -= f;
+    }
+    w.finish();
+}
+
+/// Parse a count header; returns the normalization and the rest of `body`.
+pub fn read_header(body: &[u8]) -> Result<(Norm, &[u8])> {
+    if body.len() < 2 {
+        return Err(Error::corrupt("tANS header truncated"));
+    }
+    let log = body[0] as u32 + MIN_LOG;
+    if log > MAX_LOG {
+        return Err(Error::corrupt(format!("tANS table log {log} out of range")));
+    }
+    let k = body[1] as usize + 1;
+    let mut r = BitReader::new(&body[2..]);
+    let mut rem = 1u32 << log;
+    let mut counts = Vec::with_capacity(k);
+    for _ in 0..k - 1 {
+        r.refill();
+        let f = r.read(32 - rem.leading_zeros()) as u32;
+        if f > rem {
+            return Err(Error::corrupt("tANS counts exceed the table size"));
+        }
+        rem -= f;
+        counts.push(f);
+    }
+    if rem == 0 {
+        return Err(Error::corrupt(
+            "tANS counts leave nothing for the last symbol",
+        ));
+    }
+    counts.push(rem);
+    if r.overrun() {
+        return Err(Error::corrupt("tANS header truncated"));
+    }
+    let used = 2 + r.position().div_ceil(8);
+    Ok((Norm { log, counts }, &body[used..]))
+}
+
+/// Encode `symbols` with a normalization computed from their histogram, appending the body.
+pub fn encode(symbols: &[u8], out: &mut Vec<u8>) {
+    if symbols.is_empty() {
+        return;
+    }
+    let hist = histogram(symbols);
+    let (norm, _) = plan(&hist);
+    encode_with(symbols, &norm, out);
+}
+
+/// Encode `symbols` (all present in `norm`) with the given normalization.
+pub fn encode_with(symbols: &[u8], norm: &Norm, out: &mut Vec<u8>) {
+    if symbols.is_empty() {
+        return;
+    }
+    write_header(norm, out);
+    let t = ETable::new(norm);
+    let l = 1u32 << norm.log;
+    let mut w = BitWriter::new(out, symbols.len() * norm.log as usize + 64);
+    let mut st = [l; LANES];
+    let n = symbols.len();
+    let full = n / LANES * LANES;
+    for i in (full..n).rev() {
+        t.step(&mut st[i % LANES], symbols[i], &mut w);
+        w.flush();
+    }
+    for quad in symbols[..full].chunks_exact(LANES).rev() {
+        t.step(&mut st[3], quad[3], &mut w);
+        t.step(&mut st[2], quad[2], &mut w);
+        t.step(&mut st[1], quad[1], &mut w);
+        t.step(&mut st[0], quad[0], &mut w);
+        w.flush();
+    }
+    for x in st.iter().rev() {
+        w.put((x - l) as u64, norm.log);
+        w.flush();
+    }
+    w.finish_with_marker();
+}
+
+/// Decode a body written by [`encode`] into `out` (whose length is the symbol count).
+pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
+    if out.is_empty() {
+        return if body.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::corrupt("tANS body present for an empty stream"))
+        };
+    }
+    let (norm, bits) = read_header(body)?;
+    let t = DTable::new(&norm);
+    decode_with(&t, bits, out)
+}
+
+pub(crate) fn decode_with(t: &DTable, bits: &[u8], out: &mut [u8]) -> Result<()> {
+    let mut r = BackReader::new(bits)
+        .ok_or_else(|| Error::corrupt("tANS bit stream lacks its end marker"))?;
+    // Every symbol costs at least 0 bits, so the payload cannot bound n; the loop is bounded by
+    // out.len() and the final checks catch inconsistencies.
+    let mut st = [0usize; LANES];
+    for x in st.iter_mut() {
+        r.refill();
+        *x = r.read(t.log) as usize;
+    }
+    let full = out.len() / LANES * LANES;
+    let (head, tail) = out.split_at_mut(full);
+    let [mut x0, mut x1, mut x2, mut x3] = st;
+    for quad in head.chunks_exact_mut(LANES) {
+        r.refill();
+        quad[0] = t.step(&mut x0, &mut r);
+        quad[1] = t.step(&mut x1, &mut r);
+        quad[2] = t.step(&mut x2, &mut r);
+        quad[3] = t.step(&mut x3, &mut r);
+    }
+    let mut st = [x0, x1, x2, x3];
+    for (i, o) in tail.iter_mut().enumerate() {
+        r.refill();
+        *o = t.step(&mut st[i % LANES], &mut r);
+    }
+    if r.remaining() != 0 || st.iter().any(|&x| x != 0) {
+        return Err(Error::corrupt(
+            "tANS stream does not end where its symbols do",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Order-1 tANS: the previous symbol selects the table.
+//
+// Body layout:
+//
+//   byte 0      number of contexts C (1..=16); context of a symbol = min(previous, C - 1),
+//               and 0 at the start of each lane
+//   u16 LE      bitmap of contexts that have a table
+//   headers     one count header (as above) per context in the bitmap; all share one log R
+//   bits        backward bit stream: four final states, then per symbol the transition bits
+//
+// The n symbols form four lanes of contiguous positions: lane j < 3 holds [j*q, (j+1)*q) and
+// lane 3 holds [3q, n), q = n / 4. The decoder advances the four lanes in lock step (round r
+// decodes position j*q + r of every lane), then finishes lane 3 alone; the encoder runs the
+// exact reverse. Lanes give four independent dependency chains despite the context.
+// ---------------------------------------------------------------------------------------------
+
+/// Largest number of contexts of the order-1 coder.
+pub const MAX_CONTEXTS: usize = 16;
+
+fn ctx_count(hist: &[u32; 256]) -> usize {
+    (hist.iter().rposition(|&c| c > 0).unwrap_or(0) + 1).min(MAX_CONTEXTS)
+}
+
+fn ctx_hists(symbols: &[u8], c: usize) -> Vec<[u32; 256]> {
+    let mut h = vec![[0u32; 256]; c];
+    let mut map = [0u8; 256];
+    for (s, m) in map.iter_mut().enumerate() {
+        *m = s.min(c - 1) as u8;
+    }
+    let n = symbols.len();
+    let q = n / LANES;
+    for lane in [0..q, q..2 * q, 2 * q..3 * q, 3 * q..n] {
+        let mut prev = 0u8;
+        for &s in &symbols[lane] {
+            h[map[prev as usize] as usize][s as usize] += 1;
+            prev = s;
+        }
+    }
+    h
+}
+
+fn ctx_plan(h: &[[u32; 256]]) -> (Vec<Option<Norm>>, f64) {
+    let mut best: Option<(Vec<Option<Norm>>, f64)> = None;
+    for log in [10, 11, 12] {
+        let mut bits = 24.0 + (LANES as u32 * log) as f64 + 8.0;
+        let norms: Vec<Option<Norm>> = h
+            .iter()
+            .map(|hc| {
+                if hc.iter().all(|&x| x == 0) {
+                    return None;
+                }
+                let norm = normalize(hc, log);
+                bits += cost_bits(hc, &norm) + header_bits(&norm) as f64;
+                Some(norm)
+            })
+            .collect();
+        if best.as_ref().is_none_or(|b| bits < b.1) {
+            best = Some((norms, bits));
+        }
+    }
+    best.unwrap()
+}
+
+/// Estimated body bits of the order-1 coder, `None` if it cannot apply.
+pub fn estimate_ctx(symbols: &[u8], hist: &[u32; 256]) -> Option<f64> {
+    let c = ctx_count(hist);
+    if c < 2 || symbols.len() < 1024 {
+        return None;
+    }
+    Some(ctx_plan(&ctx_hists(symbols, c)).1)
+}
+
+/// Encode `symbols` with the order-1 coder, appending the body.
+pub fn encode_ctx(symbols: &[u8], out: &mut Vec<u8>) {
+    if symbols.is_empty() {
+        return;
+    }
+    let hist = histogram(symbols);
+    let c = ctx_count(&hist);
+    let h = ctx_hists(symbols, c);
+    let (norms, _) = ctx_plan(&h);
+    let log = norms
+        .iter()
+        .flatten()
+        .next()
+        .map(|n| n.log)
+        .unwrap_or(MAX_LOG);
+    out.push(c as u8);
+    let bitmap: u16 = norms
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.is_some())
+        .map(|(i, _)| 1u16 << i)
+        .sum();
+    out.extend_from_slice(&bitmap.to_le_bytes());
+    for n in norms.iter().flatten() {
+        write_header(n, out);
+    }
+    let tabs: Vec<Option<ETable>> = norms.iter().map(|n| n.as_ref().map(ETable::new)).collect();
+    let tab = |s: u8| {
+        tabs[(s as usize).min(c - 1)]
+            .as_ref()
+            .expect("every context that occurs has a table")
+    };
+    let l = 1u32 << log;
+    let mut w = BitWriter::new(out, symbols.len() * log as usize + 64);
+    let mut st = [l; LANES];
+    let n = symbols.len();
+    let q = n / LANES;
+    // Context of position p: the previous symbol of its lane, 0 at a lane start (0, q, 2q, 3q).
+    for p in (4 * q..n).rev() {
+        let prev = if p == 0 { 0 } else { symbols[p - 1] };
+        tab(prev).step(&mut st[3], symbols[p], &mut w);
+        w.flush();
+    }
+    for r in (0..q).rev() {
+        for j in (0..LANES).rev() {
+            let p = j * q + r;
+            let prev = if r == 0 { 0 } else { symbols[p - 1] };
+            tab(prev).step(&mut st[j], symbols[p], &mut w);
+        }
+        w.flush();
+    }
+    for x in st.iter().rev() {
+        w.put((x - l) as u64, log);
+        w.flush();
+    }
+    w.finish_with_marker();
+}
+
+/// Decode a body written by [`encode_ctx`] into `out` (length = symbol count).
+pub fn decode_ctx(body: &[u8], out: &mut [u8]) -> Result<()> {
+    if out.is_empty() {
+        return if body.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::corrupt("tANS body present for an empty stream"))
+        };
+    }
+    if body.len() < 3 {
+        return Err(Error::corrupt("context tANS header truncated"));
+    }
+    let c = body[0] as usize;
+    let bitmap = u16::from_le_bytes([body[1], body[2]]);
+    if c == 0 || c > MAX_CONTEXTS || bitmap == 0 || (bitmap as u32) >> c != 0 {
+        return Err(Error::corrupt("context tANS header out of range"));
+    }
+    let mut rest = &body[3..];
+    let mut tables: Vec<DTable> = Vec::new();
+    let mut which = [0usize; MAX_CONTEXTS];
+    let mut log = None;
+    for (i, w) in which.iter_mut().enumerate().take(c) {
+        if bitmap >> i & 1 == 1 {
+            let (norm, r) = read_header(rest)?;
+            if *log.get_or_insert(norm.log) != norm.log {
+                return Err(Error::corrupt(
+                    "context tANS tables disagree on the table log",
+                ));
+            }
+            rest = r;
+            tables.push(DTable::new(&norm));
+        }
+        // Contexts without a table never occur in a valid stream; map them to some table so
+        // that decoding stays defined, the end checks reject the result.
+        *w = tables.len().saturating_sub(1);
+    }
+    let log = log.unwrap_or(MAX_LOG);
+    let mut ctx_tab: [&DTable; 256] = [&tables[0]; 256];
+    for (s, slot) in ctx_tab.iter_mut().enumerate() {
+        *slot = &tables[which[s.min(c - 1)].min(tables.len() - 1)];
+    }
+    let mut r = BackReader::new(rest)
+        .ok_or_else(|| Error::corrupt("tANS bit stream lacks its end marker"))?;
+    let mut st = [0usize; LANES];
+    for x in st.iter_mut() {
+        r.refill();
+        *x = r.read(log) as usize;
+    }
+    let n = out.len();
+    let q = n / LANES;
+    let (o0, rest_o) = out.split_at_mut(q);
+    let (o1, rest_o) = rest_o.split_at_mut(q);
+    let (o2, o3) = rest_o.split_at_mut(q);
+    let [mut x0, mut x1, mut x2, mut x3] = st;
+    let (mut p0, mut p1, mut p2, mut p3) = (0u8, 0u8, 0u8, 0u8);
+    for (((a, b), cc), d) in o0
+        .iter_mut()
+        .zip(o1.iter_mut())
+        .zip(o2.iter_mut())
+        .zip(o3.iter_mut())
+    {
+        r.refill();
+        p0 = ctx_tab[p0 as usize].step(&mut x0, &mut r);
+        *a = p0;
+        p1 = ctx_tab[p1 as usize].step(&mut x1, &mut r);
+        *b = p1;
+        p2 = ctx_tab[p2 as usize].step(&mut x2, &mut r);
+        *cc = p2;
+        p3 = ctx_tab[p3 as usize].step(&mut x3, &mut r);
+        *d = p3;
+    }
+    for d in o3.iter_mut().skip(q) {
+        r.refill();
+        p3 = ctx_tab[p3 as usize].step(&mut x3, &mut r);
+        *d = p3;
+    }
+    if r.remaining() != 0 || [x0, x1, x2, x3].iter().any(|&x| x != 0) {
+        return Err(Error::corrupt(
+            "tANS stream does not end where its symbols do",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(symbols: &[u8]) -> usize {
+        let mut body = Vec::new();
+        encode(symbols, &mut body);
+        let mut out = vec![0u8; symbols.len()];
+        decode(&body, &mut out).unwrap();
+        assert_eq!(out, symbols);
+        body.len()
+    }
+
+    #[test]
+    fn small_cases() {
+        round_trip(&[]);
+        round_trip(&[7]);
+        round_trip(&[0, 1]);
+        round_trip(&[255, 0, 255, 3, 3]);
+        let all: Vec<u8> = (0..=255u8).collect();
+        round_trip(&all);
+        let many: Vec<u8> = (0..100_000u32).map(|i| (i * 7919 % 256) as u8).collect();
+        round_trip(&many);
+    }
+
+    #[test]
+    fn rare_symbols_get_a_slot() {
+        let mut hist = [0u32; 256];
+        hist[0] = 1_000_000;
+        for c in hist.iter_mut().skip(1) {
+            *c = 1;
+        }
+        let norm = normalize(&hist, MAX_LOG);
+        assert!(norm.counts.iter().all(|&f| f >= 1));
+        assert_eq!(norm.counts.iter().sum::<u32>(), 1 << MAX_LOG);
+    }
+
+    #[test]
+    fn dominant_symbol_costs_little() {
+        let symbols: Vec<u8> = (0..100_000u32)
+            .map(|i| u8::from(i.wrapping_mul(2_654_435_761) % 100 == 0))
+            .collect();
+        let bytes = round_trip(&symbols);
+        // Entropy of p=0.01 is 0.0808 bit/symbol: ~1010 bytes.
+        assert!(bytes < 1100, "{bytes}");
+    }
+}
