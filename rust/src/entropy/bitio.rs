@@ -192,14 +192,16 @@ impl<'a> BackReader<'a> {
     /// stream, where further reads return unspecified bits and drive `remaining` negative).
     #[inline(always)]
     pub fn refill(&mut self) {
-        let byte = (self.bitpos >> 3) - 7;
-        if byte >= 0 {
-            let b = byte as usize;
-            self.window = match self.data.get(b..b + 8) {
-                Some(w) => u64::from_le_bytes(w.try_into().unwrap()),
-                None => 0,
-            };
-            self.base = byte * 8;
+        if self.data.len() >= 8 {
+            // Near the start the window is clamped to the first 8 bytes, which still hold all
+            // unread bits; no branch on the position.
+            let b = ((self.bitpos >> 3) - 7).max(0) as usize;
+            // SAFETY: `bitpos` starts at most at `8 * len - 1` and only decreases, so
+            // `(bitpos >> 3) - 7 + 8 <= len`; when clamped to 0, `8 <= len` holds by the test
+            // above. Hence `b + 8 <= data.len()` and the unaligned 8-byte read is in bounds.
+            self.window =
+                u64::from_le(unsafe { (self.data.as_ptr().add(b) as *const u64).read_unaligned() });
+            self.base = b as i64 * 8;
         } else {
             self.refill_head();
         }

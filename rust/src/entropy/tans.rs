@@ -230,7 +230,7 @@ impl DTable {
 
 /// Encode tables: per symbol the bit-count delta and the offset into the state table.
 pub(crate) struct ETable {
-    states: Vec<u16>,
+    states: Box<[u16; TABLE_SIZE]>,
     sym: [(u32, i32); 256],
 }
 
@@ -243,7 +243,7 @@ impl ETable {
         for s in 0..256 {
             cumul[s + 1] = cumul[s] + norm.counts.get(s).copied().unwrap_or(0);
         }
-        let mut states = vec![0u16; l];
+        let mut states = Box::new([0u16; TABLE_SIZE]);
         let mut fill = cumul;
         for (x, &s) in spread_t.iter().take(l).enumerate() {
             states[fill[s as usize] as usize] = (l + x) as u16;
@@ -268,7 +268,7 @@ impl ETable {
         let nb = x.wrapping_add(delta_nb) >> 16;
         w.put((*x as u64) & mask(nb), nb);
         let idx = ((*x >> nb) as i32 + delta_find) as usize;
-        *x = self.states[idx] as u32;
+        *x = self.states[idx & (TABLE_SIZE - 1)] as u32;
     }
 }
 
@@ -339,7 +339,23 @@ pub fn encode_with(symbols: &[u8], norm: &Norm, out: &mut Vec<u8>) {
     write_header(norm, out);
     let t = ETable::new(norm);
     let l = 1u32 << norm.log;
-    let mut w = BitWriter::new(out, symbols.len() * norm.log as usize + 64);
+    let w = BitWriter::new(out, symbols.len() * norm.log as usize + 64);
+    let (st, mut w) = encode_symbols_dispatch(&t, symbols, l, w);
+    for x in st.iter().rev() {
+        w.put((x - l) as u64, norm.log);
+        w.flush();
+    }
+    w.finish_with_marker();
+}
+
+#[inline(always)]
+fn encode_symbols<'a>(
+    t: &ETable,
+    symbols: &[u8],
+    l: u32,
+    mut w: BitWriter<'a>,
+) -> ([u32; LANES], BitWriter<'a>) {
+    // The writer and the states are locals here so that they live in registers.
     let mut st = [l; LANES];
     let n = symbols.len();
     let full = n / LANES * LANES;
@@ -347,18 +363,42 @@ pub fn encode_with(symbols: &[u8], norm: &Norm, out: &mut Vec<u8>) {
         t.step(&mut st[i % LANES], symbols[i], &mut w);
         w.flush();
     }
+    let [mut x0, mut x1, mut x2, mut x3] = st;
     for quad in symbols[..full].chunks_exact(LANES).rev() {
-        t.step(&mut st[3], quad[3], &mut w);
-        t.step(&mut st[2], quad[2], &mut w);
-        t.step(&mut st[1], quad[1], &mut w);
-        t.step(&mut st[0], quad[0], &mut w);
+        t.step(&mut x3, quad[3], &mut w);
+        t.step(&mut x2, quad[2], &mut w);
+        t.step(&mut x1, quad[1], &mut w);
+        t.step(&mut x0, quad[0], &mut w);
         w.flush();
     }
-    for x in st.iter().rev() {
-        w.put((x - l) as u64, norm.log);
-        w.flush();
+    ([x0, x1, x2, x3], w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi1,bmi2")]
+fn encode_symbols_bmi2<'a>(
+    t: &ETable,
+    symbols: &[u8],
+    l: u32,
+    w: BitWriter<'a>,
+) -> ([u32; LANES], BitWriter<'a>) {
+    encode_symbols(t, symbols, l, w)
+}
+
+/// The symbol loop, compiled with BMI2 (flag-free variable shifts, `bzhi`) where the CPU has
+/// it; both variants compute the same.
+fn encode_symbols_dispatch<'a>(
+    t: &ETable,
+    symbols: &[u8],
+    l: u32,
+    w: BitWriter<'a>,
+) -> ([u32; LANES], BitWriter<'a>) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::bmi2_enabled() {
+        // SAFETY: the CPU supports BMI1/BMI2 (checked at run time by `bmi2_enabled`).
+        return unsafe { encode_symbols_bmi2(t, symbols, l, w) };
     }
-    w.finish_with_marker();
+    encode_symbols(t, symbols, l, w)
 }
 
 /// Decode a body written by [`encode`] into `out` (whose length is the symbol count).
@@ -375,6 +415,56 @@ pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
     decode_with(&t, bits, out)
 }
 
+#[inline(always)]
+fn decode_symbols(
+    t: &DTable,
+    st: [usize; LANES],
+    r: &mut BackReader,
+    out: &mut [u8],
+) -> [usize; LANES] {
+    let full = out.len() / LANES * LANES;
+    let (head, tail) = out.split_at_mut(full);
+    let [mut x0, mut x1, mut x2, mut x3] = st;
+    for quad in head.chunks_exact_mut(LANES) {
+        r.refill();
+        quad[0] = t.step(&mut x0, r);
+        quad[1] = t.step(&mut x1, r);
+        quad[2] = t.step(&mut x2, r);
+        quad[3] = t.step(&mut x3, r);
+    }
+    let mut st = [x0, x1, x2, x3];
+    for (i, o) in tail.iter_mut().enumerate() {
+        r.refill();
+        *o = t.step(&mut st[i % LANES], r);
+    }
+    st
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi1,bmi2")]
+fn decode_symbols_bmi2(
+    t: &DTable,
+    st: [usize; LANES],
+    r: &mut BackReader,
+    out: &mut [u8],
+) -> [usize; LANES] {
+    decode_symbols(t, st, r, out)
+}
+
+fn decode_symbols_dispatch(
+    t: &DTable,
+    st: [usize; LANES],
+    r: &mut BackReader,
+    out: &mut [u8],
+) -> [usize; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::bmi2_enabled() {
+        // SAFETY: the CPU supports BMI1/BMI2 (checked at run time by `bmi2_enabled`).
+        return unsafe { decode_symbols_bmi2(t, st, r, out) };
+    }
+    decode_symbols(t, st, r, out)
+}
+
 pub(crate) fn decode_with(t: &DTable, bits: &[u8], out: &mut [u8]) -> Result<()> {
     let mut r = BackReader::new(bits)
         .ok_or_else(|| Error::corrupt("tANS bit stream lacks its end marker"))?;
@@ -385,21 +475,7 @@ pub(crate) fn decode_with(t: &DTable, bits: &[u8], out: &mut [u8]) -> Result<()>
         r.refill();
         *x = r.read(t.log) as usize;
     }
-    let full = out.len() / LANES * LANES;
-    let (head, tail) = out.split_at_mut(full);
-    let [mut x0, mut x1, mut x2, mut x3] = st;
-    for quad in head.chunks_exact_mut(LANES) {
-        r.refill();
-        quad[0] = t.step(&mut x0, &mut r);
-        quad[1] = t.step(&mut x1, &mut r);
-        quad[2] = t.step(&mut x2, &mut r);
-        quad[3] = t.step(&mut x3, &mut r);
-    }
-    let mut st = [x0, x1, x2, x3];
-    for (i, o) in tail.iter_mut().enumerate() {
-        r.refill();
-        *o = t.step(&mut st[i % LANES], &mut r);
-    }
+    let st = decode_symbols_dispatch(t, st, &mut r, out);
     if r.remaining() != 0 || st.iter().any(|&x| x != 0) {
         return Err(Error::corrupt(
             "tANS stream does not end where its symbols do",

@@ -1,0 +1,117 @@
+//! Code real LC symbol streams (one `.u8` file per tensor, as written by
+//! `benches/lc_streams.py`) with every coder, per tensor, and print the total size in
+//! bits/symbol with single-thread encode and decode throughput.
+//!
+//! ```text
+//! DELTACKPT_NUM_THREADS=1 cargo run --release -p deltackpt --example entropy_real -- /work/data/lc_minilm
+//! ```
+
+use std::time::Instant;
+
+use deltackpt::entropy::{self, Coder};
+
+type Enc = fn(&[u8], &mut Vec<u8>);
+
+fn main() {
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/work/data/lc_minilm".into());
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .expect("reading the stream directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "u8"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("reading a stream"),
+            )
+        })
+        .collect();
+    files.sort();
+    let n: usize = files.iter().map(|f| f.1.len()).sum();
+    let mut hist = [0u64; 256];
+    let mut h_tensor = 0.0;
+    for (_, f) in &files {
+        let mut ht = [0u64; 256];
+        for &s in f {
+            hist[s as usize] += 1;
+            ht[s as usize] += 1;
+        }
+        h_tensor += entropy_of(&ht);
+    }
+    println!(
+        "{dir}: {} tensors, {n} symbols, p0 = {:.4}, order-0 entropy {:.4} bit/symbol global, {:.4} per tensor",
+        files.len(),
+        hist[0] as f64 / n as f64,
+        entropy_of(&hist) / n as f64,
+        h_tensor / n as f64
+    );
+    let coders: [(&str, Enc); 8] = [
+        ("tans", |s, o| {
+            entropy::encode_into(s, Coder::Tans, o).unwrap()
+        }),
+        ("huffman", |s, o| {
+            entropy::encode_into(s, Coder::Huffman, o).unwrap()
+        }),
+        ("lz77", |s, o| {
+            entropy::encode_into(s, Coder::Lz77, o).unwrap()
+        }),
+        ("auto", |s, o| {
+            entropy::encode_into(s, Coder::Auto, o).unwrap()
+        }),
+        ("zstd-3", |s, o| entropy::encode_zstd(s, 3, o).unwrap()),
+        ("zstd-19", |s, o| entropy::encode_zstd(s, 19, o).unwrap()),
+        ("gzip-6", |s, o| entropy::encode_gzip(s, 6, o).unwrap()),
+        ("gzip-9", |s, o| entropy::encode_gzip(s, 9, o).unwrap()),
+    ];
+    println!("| coder | bits/symbol | vs zstd-19 | encode MB/s | decode MB/s |");
+    println!("|---|---|---|---|---|");
+    let mut z19 = 0.0;
+    let mut rows = Vec::new();
+    for (name, enc) in coders {
+        let t = Instant::now();
+        let blobs: Vec<Vec<u8>> = files
+            .iter()
+            .map(|(_, f)| {
+                let mut o = Vec::new();
+                enc(f, &mut o);
+                o
+            })
+            .collect();
+        let te = t.elapsed().as_secs_f64();
+        let bytes: usize = blobs.iter().map(|b| b.len()).sum();
+        let mut outs: Vec<Vec<u8>> = files.iter().map(|f| vec![0u8; f.1.len()]).collect();
+        let t = Instant::now();
+        for (b, o) in blobs.iter().zip(outs.iter_mut()) {
+            entropy::decode_into(b, o).unwrap();
+        }
+        let td = t.elapsed().as_secs_f64();
+        for ((_, f), o) in files.iter().zip(&outs) {
+            assert!(f == o, "{name} round trip failed");
+        }
+        let bps = bytes as f64 * 8.0 / n as f64;
+        if name == "zstd-19" {
+            z19 = bps;
+        }
+        rows.push((name, bps, n as f64 / te / 1e6, n as f64 / td / 1e6));
+    }
+    for (name, bps, e, d) in rows {
+        println!("| {name} | {bps:.4} | {:.3} | {e:.0} | {d:.0} |", bps / z19);
+    }
+    if std::env::var("PER_TENSOR").is_ok() {
+        for (name, f) in &files {
+            let a = entropy::encode(f, Coder::Auto).unwrap().len();
+            let mut z = Vec::new();
+            entropy::encode_zstd(f, 19, &mut z).unwrap();
+            println!("{name}: {} symbols auto {a} zstd-19 {}", f.len(), z.len());
+        }
+    }
+}
+
+fn entropy_of(h: &[u64; 256]) -> f64 {
+    let n: u64 = h.iter().sum();
+    h.iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| c as f64 * (n as f64 / c as f64).log2())
+        .sum()
+}

@@ -1,0 +1,93 @@
+//! Quick single-core throughput check of the chunk coders (best of several runs, so that
+//! a loaded machine disturbs it less than a mean would). For figures of record use
+//! `cargo bench -p deltackpt --bench entropy`.
+
+use std::time::Instant;
+
+use deltackpt::entropy::chunks::{self, Method};
+
+fn iid(n: usize, p0: f64, k: u64, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    (0..n)
+        .map(|_| {
+            let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
+            if u < p0 {
+                0
+            } else {
+                1 + (next() % (k - 1)) as u8
+            }
+        })
+        .collect()
+}
+
+/// CPU time of this thread in seconds (Linux `schedstat`), so that other processes on a
+/// loaded machine do not count; falls back to wall time.
+fn cpu_time() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
+}
+
+/// Best of `runs`: (wall seconds, CPU seconds, result).
+fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, f64, T) {
+    let (mut w_best, mut c_best) = (f64::INFINITY, f64::INFINITY);
+    let mut last = None;
+    for _ in 0..runs {
+        let c = cpu_time();
+        let t = Instant::now();
+        let r = f();
+        w_best = w_best.min(t.elapsed().as_secs_f64());
+        if let (Some(a), Some(b)) = (c, cpu_time()) {
+            c_best = c_best.min(b - a);
+        }
+        last = Some(r);
+    }
+    (w_best, c_best, last.unwrap())
+}
+
+fn main() {
+    let n = 16 << 20;
+    let data = iid(n, 0.97, 8, 42);
+    let mut out = vec![0u8; n];
+    let only = std::env::args().nth(1);
+    for m in [
+        Method::Tans,
+        Method::Huffman,
+        Method::RunsTans,
+        Method::RunsHuffman,
+        Method::CtxTans,
+    ] {
+        if only.as_ref().is_some_and(|o| *o != format!("{m:?}")) {
+            continue;
+        }
+        let (te, ce, bodies) = best(5, || {
+            data.chunks(chunks::CHUNK_SYMBOLS)
+                .map(|c| {
+                    let mut b = Vec::new();
+                    chunks::encode_chunk(c, m, &mut b);
+                    b
+                })
+                .collect::<Vec<_>>()
+        });
+        let (td, cd, _) = best(7, || {
+            for (b, o) in bodies.iter().zip(out.chunks_mut(chunks::CHUNK_SYMBOLS)) {
+                chunks::decode_chunk(b, o).unwrap();
+            }
+        });
+        assert!(out == data);
+        let size: usize = bodies.iter().map(|b| b.len()).sum();
+        println!(
+            "{m:?}: {:.4} bits/symbol, encode {:.0} MB/s (CPU time {:.0}), decode {:.0} MB/s (CPU time {:.0})",
+            size as f64 * 8.0 / n as f64,
+            n as f64 / te / 1e6,
+            n as f64 / ce / 1e6,
+            n as f64 / td / 1e6,
+            n as f64 / cd / 1e6
+        );
+    }
+}
