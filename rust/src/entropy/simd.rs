@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn histogram_paths_agree() {
-        let small: Vec<u8> = (0..100_000u32).map(|i| (i * i % 8) as u8).collect();
+        let small: Vec<u8> = (0..100_000u64).map(|i| (i * i % 8) as u8).collect();
         assert_eq!(histogram(&small), histogram_scalar(&small));
         assert_eq!(
             histogram(&small)[3],
