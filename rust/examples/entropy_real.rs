@@ -98,6 +98,24 @@ fn main() {
     for (name, bps, e, d) in rows {
         println!("| {name} | {bps:.4} | {:.3} | {e:.0} | {d:.0} |", bps / z19);
     }
+    // Which chunk methods did auto pick (bytes per method)?
+    let mut by_method = std::collections::BTreeMap::<u8, (usize, usize)>::new();
+    for (_, f) in &files {
+        let blob = entropy::encode(f, Coder::Auto).unwrap();
+        let body = &blob[9..];
+        let k = f
+            .len()
+            .div_ceil(u32::from_le_bytes(body[..4].try_into().unwrap()) as usize);
+        let mut at = 4 + 4 * k;
+        for j in 0..k {
+            let len = u32::from_le_bytes(body[4 + 4 * j..8 + 4 * j].try_into().unwrap()) as usize;
+            let e = by_method.entry(body[at]).or_default();
+            e.0 += 1;
+            e.1 += len;
+            at += len;
+        }
+    }
+    println!("auto chunk methods (id: chunks, bytes): {by_method:?}");
     if std::env::var("PER_TENSOR").is_ok() {
         for (name, f) in &files {
             let a = entropy::encode(f, Coder::Auto).unwrap().len();

@@ -27,6 +27,9 @@ pub const CHUNK_SYMBOLS: usize = 1 << 17;
 /// Largest chunk size a reader accepts.
 pub const MAX_CHUNK_SYMBOLS: usize = 1 << 20;
 
+/// Size factor the context coder's estimate is multiplied by before comparison.
+const CTX_PENALTY: f64 = 1.01;
+
 /// How one chunk is coded (its first byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -99,7 +102,9 @@ fn choose_auto(symbols: &[u8], hist: &[u32; 256]) -> Method {
         consider(Method::RunsHuffman, est.huffman_bits);
     }
     if let Some(bits) = tans::estimate_ctx(symbols, hist) {
-        consider(Method::CtxTans, bits);
+        // The context coder decodes at about half the speed of the others: it has to save
+        // at least 1% to be worth it.
+        consider(Method::CtxTans, bits * CTX_PENALTY);
     }
     best.0
 }
