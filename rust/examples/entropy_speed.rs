@@ -26,11 +26,15 @@ fn iid(n: usize, p0: f64, k: u64, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// CPU time of this thread in seconds (Linux `schedstat`), so that other processes on a
-/// loaded machine do not count; falls back to wall time.
+/// CPU time of all threads of this process in seconds (Linux `schedstat`), so that other
+/// processes on a loaded machine do not count.
 fn cpu_time() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
+    let mut total = 0.0;
+    for t in std::fs::read_dir("/proc/self/task").ok()? {
+        let s = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        total += s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9;
+    }
+    Some(total)
 }
 
 /// Best of `runs`: (wall seconds, CPU seconds, result).
@@ -50,11 +54,35 @@ fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, f64, T) {
     (w_best, c_best, last.unwrap())
 }
 
+fn auto(data: &[u8], out: &mut [u8]) {
+    use deltackpt::entropy::{self, Coder};
+    let n = data.len();
+    let (te, ce, blob) = best(3, || entropy::encode(data, Coder::Auto).unwrap());
+    let (td, cd, _) = best(5, || entropy::decode_into(&blob, out).unwrap());
+    let methods: Vec<_> = data
+        .chunks(chunks::CHUNK_SYMBOLS)
+        .map(|c| chunks::choose(c, Coder::Auto) as u8)
+        .collect();
+    println!("auto methods per chunk: {methods:?}");
+    println!(
+        "Auto (whole stream, {} threads): {:.4} bits/symbol, encode {:.0} MB/s (CPU time {:.0}), decode {:.0} MB/s (CPU time {:.0})",
+        deltackpt::parallel::num_threads(),
+        blob.len() as f64 * 8.0 / n as f64,
+        n as f64 / te / 1e6,
+        n as f64 / ce / 1e6,
+        n as f64 / td / 1e6,
+        n as f64 / cd / 1e6
+    );
+}
+
 fn main() {
     let n = 16 << 20;
     let data = iid(n, 0.97, 8, 42);
     let mut out = vec![0u8; n];
     let only = std::env::args().nth(1);
+    if only.as_deref().is_none_or(|o| o == "Auto") {
+        auto(&data, &mut out);
+    }
     for m in [
         Method::Tans,
         Method::Huffman,

@@ -338,3 +338,37 @@ fn fuzz_bodies_survive_random_and_mutated_inputs() {
         bodies::lz77_decode(&input);
     }
 }
+
+#[test]
+fn period_context_is_found_and_pays() {
+    // Rows of 37 symbols; each row repeats the one above with 5% of the symbols redrawn, so
+    // the "up" symbol predicts far better than the left one.
+    let (rows, width) = (3000usize, 37usize);
+    let mut r = Rng(5);
+    let mut v = iid(width, 0.6, 8, 9);
+    for i in width..rows * width {
+        let s = if r.unit() < 0.05 {
+            (r.next() % 8) as u8
+        } else {
+            v[i - width]
+        };
+        v.push(s);
+    }
+    assert_eq!(tans::detect_period(&v, v.len()), width);
+    let mut left_only = Vec::new();
+    tans::encode_ctx(&v, &mut left_only);
+    let mut with_up = Vec::new();
+    tans::encode_ctx_period(&v, width, &mut with_up);
+    let mut out = vec![0u8; v.len()];
+    tans::decode_ctx(&with_up, &mut out).unwrap();
+    assert!(out == v);
+    assert!(
+        (with_up.len() as f64) < 0.6 * left_only.len() as f64,
+        "{} vs {}",
+        with_up.len(),
+        left_only.len()
+    );
+    let blob = entropy::encode(&v, Coder::Auto).unwrap();
+    assert!(blob.len() < with_up.len() + 64);
+    assert_eq!(entropy::decode(&blob).unwrap(), v);
+}

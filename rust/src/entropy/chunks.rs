@@ -72,8 +72,14 @@ impl Method {
     }
 }
 
-/// Pick the method for one chunk.
+/// Pick the method for one chunk (no period context).
 pub fn choose(symbols: &[u8], coder: Coder) -> Method {
+    choose_with(symbols, coder, 0)
+}
+
+/// Pick the method for one chunk; `period` (0 = none) is a candidate distance for the
+/// context coder's second context (see [`tans::detect_period`]).
+pub fn choose_with(symbols: &[u8], coder: Coder, period: usize) -> Method {
     let hist = tans::histogram(symbols);
     let present = hist.iter().filter(|&&c| c > 0).count();
     if present <= 1 {
@@ -83,11 +89,11 @@ pub fn choose(symbols: &[u8], coder: Coder) -> Method {
         Coder::Tans => Method::Tans,
         Coder::Huffman => Method::Huffman,
         Coder::Lz77 => Method::Lz77,
-        _ => choose_auto(symbols, &hist),
+        _ => choose_auto(symbols, &hist, period),
     }
 }
 
-fn choose_auto(symbols: &[u8], hist: &[u32; 256]) -> Method {
+fn choose_auto(symbols: &[u8], hist: &[u32; 256], period: usize) -> Method {
     let n = symbols.len() as f64;
     let mut best = (Method::Raw, n * 8.0);
     let mut consider = |m: Method, bits: f64| {
@@ -101,7 +107,7 @@ fn choose_auto(symbols: &[u8], hist: &[u32; 256]) -> Method {
         consider(Method::RunsTans, est.tans_bits);
         consider(Method::RunsHuffman, est.huffman_bits);
     }
-    if let Some(bits) = tans::estimate_ctx(symbols, hist) {
+    if let Some((_, bits)) = tans::estimate_ctx(symbols, hist, period) {
         // The context coder decodes at about half the speed of the others: it has to save
         // at least 1% to be worth it.
         consider(Method::CtxTans, bits * CTX_PENALTY);
@@ -111,6 +117,11 @@ fn choose_auto(symbols: &[u8], hist: &[u32; 256]) -> Method {
 
 /// Encode one chunk (method byte and payload) into `out`.
 pub fn encode_chunk(symbols: &[u8], method: Method, out: &mut Vec<u8>) {
+    encode_chunk_with(symbols, method, 0, out)
+}
+
+/// [`encode_chunk`] with a candidate period for the context coder (0 = none).
+pub fn encode_chunk_with(symbols: &[u8], method: Method, period: usize, out: &mut Vec<u8>) {
     out.push(method as u8);
     match method {
         Method::Raw => out.extend_from_slice(symbols),
@@ -119,7 +130,7 @@ pub fn encode_chunk(symbols: &[u8], method: Method, out: &mut Vec<u8>) {
         Method::Huffman => huffman::encode(symbols, out),
         Method::RunsTans => runs::encode(symbols, false, out),
         Method::RunsHuffman => runs::encode(symbols, true, out),
-        Method::CtxTans => tans::encode_ctx(symbols, out),
+        Method::CtxTans => tans::encode_ctx_period(symbols, period, out),
         Method::Lz77 => lz77::encode(symbols, out),
     }
 }
@@ -166,9 +177,14 @@ pub fn encode_sized(symbols: &[u8], coder: Coder, chunk: usize, out: &mut Vec<u8
             "chunk size {chunk} outside 1..={MAX_CHUNK_SYMBOLS}"
         )));
     }
+    let period = if coder == Coder::Auto {
+        tans::detect_period(symbols, symbols.len())
+    } else {
+        0
+    };
     let one = |c: &[u8]| {
         let mut v = Vec::new();
-        encode_chunk(c, choose(c, coder), &mut v);
+        encode_chunk_with(c, choose_with(c, coder, period), period, &mut v);
         v
     };
     let bodies: Vec<Vec<u8>> = if symbols.len() <= chunk {

@@ -196,24 +196,29 @@ pub(crate) struct DTable {
     entries: Box<[DEntry; TABLE_SIZE]>,
 }
 
+/// Fill `entries[..L]` with the decode table of `norm`.
+fn fill_dtable(norm: &Norm, entries: &mut [DEntry]) {
+    let mut sym = [0u8; TABLE_SIZE];
+    spread(norm, &mut sym);
+    let l = 1u32 << norm.log;
+    let mut next: Vec<u32> = norm.counts.clone();
+    for (x, e) in entries.iter_mut().take(l as usize).enumerate() {
+        let s = sym[x];
+        let nx = next[s as usize];
+        next[s as usize] += 1;
+        let nb = norm.log - (31 - nx.leading_zeros());
+        *e = DEntry {
+            base: ((nx << nb) - l) as u16,
+            sym: s,
+            nb: nb as u8,
+        };
+    }
+}
+
 impl DTable {
     pub(crate) fn new(norm: &Norm) -> Self {
-        let mut sym = [0u8; TABLE_SIZE];
-        spread(norm, &mut sym);
-        let l = 1u32 << norm.log;
-        let mut next: Vec<u32> = norm.counts.clone();
         let mut entries = Box::new([DEntry::default(); TABLE_SIZE]);
-        for (x, e) in entries.iter_mut().take(l as usize).enumerate() {
-            let s = sym[x];
-            let nx = next[s as usize];
-            next[s as usize] += 1;
-            let nb = norm.log - (31 - nx.leading_zeros());
-            *e = DEntry {
-                base: ((nx << nb) - l) as u16,
-                sym: s,
-                nb: nb as u8,
-            };
-        }
+        fill_dtable(norm, &mut entries[..]);
         DTable {
             log: norm.log,
             entries,
@@ -485,51 +490,120 @@ pub(crate) fn decode_with(t: &DTable, bits: &[u8], out: &mut [u8]) -> Result<()>
 }
 
 // ---------------------------------------------------------------------------------------------
-// Order-1 tANS: the previous symbol selects the table.
-//
-// Body layout:
-//
-//   byte 0      number of contexts C (1..=16); context of a symbol = min(previous, C - 1),
-//               and 0 at the start of each lane
-//   u16 LE      bitmap of contexts that have a table
-//   headers     one count header (as above) per context in the bitmap; all share one log R
-//   bits        backward bit stream: four final states, then per symbol the transition bits
+// Context tANS: the previous symbol, and optionally the symbol one period back (the "row
+// above" in a matrix), select the table. See docs/ENTROPY_FORMAT.md §4 for the layout.
 //
 // The n symbols form four lanes of contiguous positions: lane j < 3 holds [j*q, (j+1)*q) and
 // lane 3 holds [3q, n), q = n / 4. The decoder advances the four lanes in lock step (round r
 // decodes position j*q + r of every lane), then finishes lane 3 alone; the encoder runs the
-// exact reverse. Lanes give four independent dependency chains despite the context.
+// exact reverse. Lanes give four independent dependency chains despite the context. Within a
+// lane, position r has left = lane[r - 1] (0 at r = 0) and up = lane[r - P] (0 if r < P).
 // ---------------------------------------------------------------------------------------------
 
-/// Largest number of contexts of the order-1 coder.
-pub const MAX_CONTEXTS: usize = 16;
+/// Largest number of contexts of the context coder.
+pub const MAX_CONTEXTS: usize = 64;
+const MAX_LEFT: usize = 16;
+const MAX_UP: usize = 8;
+/// Symbols of a chunk the context coder's size estimate looks at.
+const CTX_SAMPLE: usize = 1 << 15;
+/// Symbols of a stream's start that [`detect_period`] looks at.
+const PERIOD_SAMPLE: usize = 1 << 13;
+/// Longest period (distance of the "up" symbol) searched by [`detect_period`].
+pub const MAX_PERIOD: usize = 4096;
 
-fn ctx_count(hist: &[u32; 256]) -> usize {
-    (hist.iter().rposition(|&c| c > 0).unwrap_or(0) + 1).min(MAX_CONTEXTS)
+/// Context shape of the context coder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtxShape {
+    /// Classes of the previous symbol: `min(prev, left - 1)`.
+    pub left: usize,
+    /// Classes of the symbol one period back: `min(up, up - 1)`; 1 = not used.
+    pub up: usize,
+    /// Period; 0 exactly when `up == 1`.
+    pub period: usize,
 }
 
-fn ctx_hists(symbols: &[u8], c: usize) -> Vec<[u32; 256]> {
-    let mut h = vec![[0u32; 256]; c];
-    let mut map = [0u8; 256];
-    for (s, m) in map.iter_mut().enumerate() {
-        *m = s.min(c - 1) as u8;
+impl CtxShape {
+    fn count(&self) -> usize {
+        self.left * self.up
     }
+
+    fn valid(&self) -> bool {
+        (1..=MAX_LEFT).contains(&self.left)
+            && (1..=MAX_UP).contains(&self.up)
+            && self.count() <= MAX_CONTEXTS
+            && (self.up == 1) == (self.period == 0)
+    }
+
+    /// Per byte: its contribution to the context index as left and as up symbol.
+    fn maps(&self) -> ([u8; 256], [u8; 256]) {
+        let mut lm = [0u8; 256];
+        let mut um = [0u8; 256];
+        for s in 0..256 {
+            lm[s] = (s.min(self.left - 1) * self.up) as u8;
+            um[s] = s.min(self.up - 1) as u8;
+        }
+        (lm, um)
+    }
+}
+
+fn lanes(n: usize) -> [std::ops::Range<usize>; LANES] {
+    let q = n / LANES;
+    [0..q, q..2 * q, 2 * q..3 * q, 3 * q..n]
+}
+
+fn ctx_hists(symbols: &[u8], shape: &CtxShape) -> Vec<[u32; 256]> {
+    let c = shape.count();
+    let (lm, um) = shape.maps();
+    let p = shape.period;
+    // One flat table per lane, the four lanes counted in lock step, so that the increments of
+    // a dominant (context, symbol) pair do not form one long store-to-load chain.
+    let mut t = vec![0u32; LANES * c * 256];
+    let (t01, t23) = t.split_at_mut(2 * c * 256);
+    let (t0, t1) = t01.split_at_mut(c * 256);
+    let (t2, t3) = t23.split_at_mut(c * 256);
     let n = symbols.len();
     let q = n / LANES;
-    for lane in [0..q, q..2 * q, 2 * q..3 * q, 3 * q..n] {
-        let mut prev = 0u8;
-        for &s in &symbols[lane] {
-            h[map[prev as usize] as usize][s as usize] += 1;
-            prev = s;
+    let [l0, l1, l2, l3] = lanes(n).map(|r| &symbols[r]);
+    let mut prev = [0u8; LANES];
+    let idx = |prev: u8, up: u8, s: u8| {
+        ((lm[prev as usize] + um[up as usize]) as usize) << 8 | s as usize
+    };
+    for r in 0..q {
+        let up = |l: &[u8]| if p > 0 && r >= p { l[r - p] } else { 0 };
+        let (s0, s1, s2, s3) = (l0[r], l1[r], l2[r], l3[r]);
+        t0[idx(prev[0], up(l0), s0)] += 1;
+        t1[idx(prev[1], up(l1), s1)] += 1;
+        t2[idx(prev[2], up(l2), s2)] += 1;
+        t3[idx(prev[3], up(l3), s3)] += 1;
+        prev = [s0, s1, s2, s3];
+    }
+    for r in q..l3.len() {
+        let up = if p > 0 && r >= p { l3[r - p] } else { 0 };
+        t3[idx(prev[3], up, l3[r])] += 1;
+        prev[3] = l3[r];
+    }
+    let mut h = vec![[0u32; 256]; c];
+    for (ci, hc) in h.iter_mut().enumerate() {
+        for (s, v) in hc.iter_mut().enumerate() {
+            let i = ci << 8 | s;
+            *v = t0[i] + t1[i] + t2[i] + t3[i];
         }
     }
     h
 }
 
-fn ctx_plan(h: &[[u32; 256]]) -> (Vec<Option<Norm>>, f64) {
-    let mut best: Option<(Vec<Option<Norm>>, f64)> = None;
-    for log in [10, 11, 12] {
-        let mut bits = 24.0 + (LANES as u32 * log) as f64 + 8.0;
+/// Normalizations of the per-context histograms, the estimated body bits, and the part of
+/// those bits that is header.
+fn ctx_plan(h: &[[u32; 256]], n: usize) -> (Vec<Option<Norm>>, f64, f64) {
+    let logs: &[u32] = if n >= 1 << 16 {
+        &[11, 12]
+    } else {
+        &[8, 9, 10, 11]
+    };
+    let mut best: Option<(Vec<Option<Norm>>, f64, f64)> = None;
+    for &log in logs {
+        let mut header = 8.0 * 14.0 + (LANES as u32 * log) as f64;
+        let mut bits = 0.0;
         let norms: Vec<Option<Norm>> = h
             .iter()
             .map(|hc| {
@@ -537,55 +611,145 @@ fn ctx_plan(h: &[[u32; 256]]) -> (Vec<Option<Norm>>, f64) {
                     return None;
                 }
                 let norm = normalize(hc, log);
-                bits += cost_bits(hc, &norm) + header_bits(&norm) as f64;
+                bits += cost_bits(hc, &norm);
+                header += header_bits(&norm) as f64;
                 Some(norm)
             })
             .collect();
-        if best.as_ref().is_none_or(|b| bits < b.1) {
-            best = Some((norms, bits));
+        if best.as_ref().is_none_or(|b| bits + header < b.1) {
+            best = Some((norms, bits + header, header));
         }
     }
     best.unwrap()
 }
 
-/// Estimated body bits of the order-1 coder, `None` if it cannot apply.
-pub fn estimate_ctx(symbols: &[u8], hist: &[u32; 256]) -> Option<f64> {
-    let c = ctx_count(hist);
-    if c < 2 || symbols.len() < 1024 {
-        return None;
+/// The period `P` (a divisor of `total`, the length of the whole stream, `2..=MAX_PERIOD`)
+/// whose "up" symbol best predicts the next one on a sample of the stream's start; 0 if none
+/// applies (alphabet above 16 symbols, or too short).
+pub fn detect_period(symbols: &[u8], total: usize) -> usize {
+    let sample = &symbols[..symbols.len().min(PERIOD_SAMPLE)];
+    if sample.iter().any(|&s| s >= 16) {
+        return 0;
     }
-    Some(ctx_plan(&ctx_hists(symbols, c)).1)
+    let mut best = (f64::INFINITY, 0);
+    for p in 2..=MAX_PERIOD.min(sample.len() / 4) {
+        if total % p != 0 {
+            continue;
+        }
+        let mut h = [[0u32; 16]; MAX_UP];
+        for (i, &s) in sample[p..].iter().enumerate() {
+            h[(sample[i] as usize).min(MAX_UP - 1)][s as usize] += 1;
+        }
+        let bits: f64 = h
+            .iter()
+            .map(|row| {
+                let n: u32 = row.iter().sum();
+                row.iter()
+                    .filter(|&&c| c > 0)
+                    .map(|&c| c as f64 * (n as f64 / c as f64).log2())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / (sample.len() - p) as f64;
+        if bits < best.0 {
+            best = (bits, p);
+        }
+    }
+    best.1
 }
 
-/// Encode `symbols` with the order-1 coder, appending the body.
+/// Best context shape for `symbols` given a candidate period (0 = none) and its estimated
+/// body bits; `None` if context coding cannot apply.
+pub fn estimate_ctx(symbols: &[u8], hist: &[u32; 256], period: usize) -> Option<(CtxShape, f64)> {
+    let k = hist.iter().rposition(|&c| c > 0).unwrap_or(0) + 1;
+    if k < 2 || symbols.len() < 1024 {
+        return None;
+    }
+    let mut shapes = vec![CtxShape {
+        left: k.min(MAX_LEFT),
+        up: 1,
+        period: 0,
+    }];
+    if period > 0 && period < symbols.len() / LANES {
+        shapes.push(CtxShape {
+            left: k.min(MAX_UP),
+            up: k.min(MAX_UP),
+            period,
+        });
+    }
+    // Estimated on a sample of the chunk. The sample's own order-0 cost calibrates it: the
+    // payload is estimated as (order-0 payload of the whole chunk) x (context / order-0 ratio
+    // on the sample), so that the sample's random deviation from the chunk cancels.
+    let sample = &symbols[..symbols.len().min(CTX_SAMPLE)];
+    let full0 = {
+        let (norm, _) = plan(hist);
+        cost_bits(hist, &norm)
+    };
+    let sample0 = {
+        let h0 = histogram(sample);
+        let (norm, _) = plan(&h0);
+        cost_bits(&h0, &norm)
+    };
+    if sample0 <= 0.0 {
+        return None;
+    }
+    shapes
+        .into_iter()
+        .map(|sh| {
+            let (_, bits, header) = ctx_plan(&ctx_hists(sample, &sh), symbols.len());
+            (sh, (bits - header) / sample0 * full0 + header)
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// Encode `symbols` with the context coder using the previous symbol only.
 pub fn encode_ctx(symbols: &[u8], out: &mut Vec<u8>) {
+    encode_ctx_period(symbols, 0, out)
+}
+
+/// Encode `symbols` with the context coder, using the symbol `period` back as a second
+/// context when that is estimated to pay (0 = previous symbol only).
+pub fn encode_ctx_period(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
     if symbols.is_empty() {
         return;
     }
     let hist = histogram(symbols);
-    let c = ctx_count(&hist);
-    let h = ctx_hists(symbols, c);
-    let (norms, _) = ctx_plan(&h);
+    let shape = estimate_ctx(symbols, &hist, period)
+        .map(|e| e.0)
+        .unwrap_or(CtxShape {
+            left: (hist.iter().rposition(|&c| c > 0).unwrap_or(0) + 1).min(MAX_LEFT),
+            up: 1,
+            period: 0,
+        });
+    encode_ctx_shape(symbols, &shape, out)
+}
+
+fn encode_ctx_shape(symbols: &[u8], shape: &CtxShape, out: &mut Vec<u8>) {
+    let h = ctx_hists(symbols, shape);
+    let (norms, _, _) = ctx_plan(&h, symbols.len());
     let log = norms
         .iter()
         .flatten()
         .next()
         .map(|n| n.log)
         .unwrap_or(MAX_LOG);
-    out.push(c as u8);
-    let bitmap: u16 = norms
+    out.push(shape.left as u8);
+    out.push(shape.up as u8);
+    out.extend_from_slice(&(shape.period as u32).to_le_bytes());
+    let bitmap: u64 = norms
         .iter()
         .enumerate()
         .filter(|(_, n)| n.is_some())
-        .map(|(i, _)| 1u16 << i)
+        .map(|(i, _)| 1u64 << i)
         .sum();
     out.extend_from_slice(&bitmap.to_le_bytes());
     for n in norms.iter().flatten() {
         write_header(n, out);
     }
     let tabs: Vec<Option<ETable>> = norms.iter().map(|n| n.as_ref().map(ETable::new)).collect();
-    let tab = |s: u8| {
-        tabs[(s as usize).min(c - 1)]
+    let (lm, um) = shape.maps();
+    let tab = |left: u8, up: u8| {
+        tabs[(lm[left as usize] + um[up as usize]) as usize]
             .as_ref()
             .expect("every context that occurs has a table")
     };
@@ -594,17 +758,26 @@ pub fn encode_ctx(symbols: &[u8], out: &mut Vec<u8>) {
     let mut st = [l; LANES];
     let n = symbols.len();
     let q = n / LANES;
-    // Context of position p: the previous symbol of its lane, 0 at a lane start (0, q, 2q, 3q).
+    let per = shape.period;
+    // Position p = start + r of a lane: left and up symbols.
+    let ctx = |start: usize, r: usize| -> (u8, u8) {
+        let left = if r == 0 { 0 } else { symbols[start + r - 1] };
+        let up = if per > 0 && r >= per {
+            symbols[start + r - per]
+        } else {
+            0
+        };
+        (left, up)
+    };
     for p in (4 * q..n).rev() {
-        let prev = if p == 0 { 0 } else { symbols[p - 1] };
-        tab(prev).step(&mut st[3], symbols[p], &mut w);
+        let (a, b) = ctx(3 * q, p - 3 * q);
+        tab(a, b).step(&mut st[3], symbols[p], &mut w);
         w.flush();
     }
     for r in (0..q).rev() {
         for j in (0..LANES).rev() {
-            let p = j * q + r;
-            let prev = if r == 0 { 0 } else { symbols[p - 1] };
-            tab(prev).step(&mut st[j], symbols[p], &mut w);
+            let (a, b) = ctx(j * q, r);
+            tab(a, b).step(&mut st[j], symbols[j * q + r], &mut w);
         }
         w.flush();
     }
@@ -615,7 +788,7 @@ pub fn encode_ctx(symbols: &[u8], out: &mut Vec<u8>) {
     w.finish_with_marker();
 }
 
-/// Decode a body written by [`encode_ctx`] into `out` (length = symbol count).
+/// Decode a body written by [`encode_ctx`] or [`encode_ctx_period`] into `out`.
 pub fn decode_ctx(body: &[u8], out: &mut [u8]) -> Result<()> {
     if out.is_empty() {
         return if body.is_empty() {
@@ -624,37 +797,45 @@ pub fn decode_ctx(body: &[u8], out: &mut [u8]) -> Result<()> {
             Err(Error::corrupt("tANS body present for an empty stream"))
         };
     }
-    if body.len() < 3 {
+    if body.len() < 14 {
         return Err(Error::corrupt("context tANS header truncated"));
     }
-    let c = body[0] as usize;
-    let bitmap = u16::from_le_bytes([body[1], body[2]]);
-    if c == 0 || c > MAX_CONTEXTS || bitmap == 0 || (bitmap as u32) >> c != 0 {
+    let shape = CtxShape {
+        left: body[0] as usize,
+        up: body[1] as usize,
+        period: u32::from_le_bytes(body[2..6].try_into().unwrap()) as usize,
+    };
+    let bitmap = u64::from_le_bytes(body[6..14].try_into().unwrap());
+    if !shape.valid() || bitmap == 0 || (shape.count() < 64 && bitmap >> shape.count() != 0) {
         return Err(Error::corrupt("context tANS header out of range"));
     }
-    let mut rest = &body[3..];
-    let mut tables: Vec<DTable> = Vec::new();
-    let mut which = [0usize; MAX_CONTEXTS];
-    let mut log = None;
-    for (i, w) in which.iter_mut().enumerate().take(c) {
+    let mut rest = &body[14..];
+    let present = bitmap.count_ones() as usize;
+    let mut norms = Vec::with_capacity(present);
+    let mut offs = [0u32; MAX_CONTEXTS];
+    for (i, off) in offs.iter_mut().enumerate().take(shape.count()) {
         if bitmap >> i & 1 == 1 {
             let (norm, r) = read_header(rest)?;
-            if *log.get_or_insert(norm.log) != norm.log {
+            if norms.first().is_some_and(|n: &Norm| n.log != norm.log) {
                 return Err(Error::corrupt(
                     "context tANS tables disagree on the table log",
                 ));
             }
             rest = r;
-            tables.push(DTable::new(&norm));
+            *off = norms.len() as u32;
+            norms.push(norm);
         }
-        // Contexts without a table never occur in a valid stream; map them to some table so
-        // that decoding stays defined, the end checks reject the result.
-        *w = tables.len().saturating_sub(1);
+        // Contexts without a table never occur in a valid stream; they share table 0 so that
+        // decoding stays defined, and the end checks reject the result.
     }
-    let log = log.unwrap_or(MAX_LOG);
-    let mut ctx_tab: [&DTable; 256] = [&tables[0]; 256];
-    for (s, slot) in ctx_tab.iter_mut().enumerate() {
-        *slot = &tables[which[s.min(c - 1)].min(tables.len() - 1)];
+    let log = norms[0].log;
+    let l = 1usize << log;
+    let mut flat = vec![DEntry::default(); present * l];
+    for (norm, t) in norms.iter().zip(flat.chunks_exact_mut(l)) {
+        fill_dtable(norm, t);
+    }
+    for o in offs.iter_mut() {
+        *o <<= log;
     }
     let mut r = BackReader::new(rest)
         .ok_or_else(|| Error::corrupt("tANS bit stream lacks its end marker"))?;
@@ -663,35 +844,47 @@ pub fn decode_ctx(body: &[u8], out: &mut [u8]) -> Result<()> {
         r.refill();
         *x = r.read(log) as usize;
     }
+    let (lm, um) = shape.maps();
+    // Context index of (left, up) → offset of its table in `flat`.
+    let at = |left: u8, up: u8| {
+        offs[(lm[left as usize] + um[up as usize]) as usize & (MAX_CONTEXTS - 1)] as usize
+    };
+    let step = |x: &mut usize, off: usize, r: &mut BackReader| -> u8 {
+        let e = flat[off + *x];
+        *x = e.base as usize + r.read(e.nb as u32) as usize;
+        e.sym
+    };
     let n = out.len();
     let q = n / LANES;
-    let (o0, rest_o) = out.split_at_mut(q);
-    let (o1, rest_o) = rest_o.split_at_mut(q);
-    let (o2, o3) = rest_o.split_at_mut(q);
-    let [mut x0, mut x1, mut x2, mut x3] = st;
-    let (mut p0, mut p1, mut p2, mut p3) = (0u8, 0u8, 0u8, 0u8);
-    for (((a, b), cc), d) in o0
-        .iter_mut()
-        .zip(o1.iter_mut())
-        .zip(o2.iter_mut())
-        .zip(o3.iter_mut())
-    {
+    let per = shape.period;
+    let mut prev = [0u8; LANES];
+    for rd in 0..q {
         r.refill();
-        p0 = ctx_tab[p0 as usize].step(&mut x0, &mut r);
-        *a = p0;
-        p1 = ctx_tab[p1 as usize].step(&mut x1, &mut r);
-        *b = p1;
-        p2 = ctx_tab[p2 as usize].step(&mut x2, &mut r);
-        *cc = p2;
-        p3 = ctx_tab[p3 as usize].step(&mut x3, &mut r);
-        *d = p3;
+        for j in 0..LANES {
+            let p = j * q + rd;
+            let up = if per > 0 && rd >= per {
+                out[p - per]
+            } else {
+                0
+            };
+            let s = step(&mut st[j], at(prev[j], up), &mut r);
+            out[p] = s;
+            prev[j] = s;
+        }
     }
-    for d in o3.iter_mut().skip(q) {
+    for p in 4 * q..n {
         r.refill();
-        p3 = ctx_tab[p3 as usize].step(&mut x3, &mut r);
-        *d = p3;
+        let rd = p - 3 * q;
+        let up = if per > 0 && rd >= per {
+            out[p - per]
+        } else {
+            0
+        };
+        let s = step(&mut st[3], at(prev[3], up), &mut r);
+        out[p] = s;
+        prev[3] = s;
     }
-    if r.remaining() != 0 || [x0, x1, x2, x3].iter().any(|&x| x != 0) {
+    if r.remaining() != 0 || st.iter().any(|&x| x != 0) {
         return Err(Error::corrupt(
             "tANS stream does not end where its symbols do",
         ));
