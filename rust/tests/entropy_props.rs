@@ -286,6 +286,16 @@ fn forged_counts_do_not_allocate() {
     let mut raw = vec![0u8];
     raw.extend_from_slice(&u64::MAX.to_le_bytes());
     assert!(entropy::decode(&raw).is_err());
+    // Baseline streams whose declared count their payload cannot produce.
+    for coder in [Coder::Zstd, Coder::Gzip] {
+        let mut blob = entropy::encode(&[1, 2, 3], coder).unwrap();
+        blob[1..9].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(entropy::decode(&blob).is_err());
+    }
+    // A zstd frame whose content size disagrees with the declared count.
+    let mut blob = entropy::encode(&[0u8; 1000], Coder::Zstd).unwrap();
+    blob[1..9].copy_from_slice(&2000u64.to_le_bytes());
+    assert!(entropy::decode(&blob).is_err());
 }
 
 #[test]

@@ -203,12 +203,19 @@ pub fn encode_sized(symbols: &[u8], coder: Coder, chunk: usize, out: &mut Vec<u8
     Ok(())
 }
 
-/// Smallest container that can describe `n` symbols, for plausibility checks before
-/// allocating: header and index, plus one method byte and one payload byte per chunk
-/// (except that empty streams have no chunks).
-pub fn min_container_len(n: usize) -> usize {
-    let k = n.div_ceil(MAX_CHUNK_SYMBOLS);
-    4 + 6 * k
+/// Whether a container `body` can possibly describe `n` symbols (checked before allocating
+/// them): its chunk size is in range and it is long enough for the header, the index and at
+/// least two bytes (method and payload) per chunk.
+pub fn can_hold(body: &[u8], n: usize) -> bool {
+    let Some(c) = body.get(..4) else {
+        return false;
+    };
+    let c = u32::from_le_bytes(c.try_into().unwrap()) as usize;
+    if c == 0 || c > MAX_CHUNK_SYMBOLS {
+        return false;
+    }
+    let k = n.div_ceil(c) as u128;
+    4 + 6 * k <= body.len() as u128
 }
 
 /// Decode a chunk container into `out` (length = symbol count).

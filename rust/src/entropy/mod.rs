@@ -129,7 +129,16 @@ pub fn decode(data: &[u8]) -> Result<Vec<u8>> {
     // Refuse to allocate for counts the payload cannot possibly describe.
     let plausible = match data[0] {
         ID_RAW => body.len() == n,
-        ID_CHUNKED => body.len() >= chunks::min_container_len(n),
+        ID_CHUNKED => chunks::can_hold(body, n),
+        // Deflate expands at most ~1032:1, zstd ~32768:1 (one RLE block per few bytes).
+        ID_GZIP => n as u128 <= (body.len() as u128 + 1) * 1032,
+        ID_ZSTD => {
+            n as u128 <= (body.len() as u128 + 1) * 32768 + (1 << 17)
+                && zstd::zstd_safe::get_frame_content_size(body)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|c| c == n as u64)
+        }
         _ => true,
     };
     if !plausible {
