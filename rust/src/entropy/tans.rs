@@ -506,6 +506,8 @@ const MAX_LEFT: usize = 16;
 const MAX_UP: usize = 8;
 /// Symbols of a chunk the context coder's size estimate looks at.
 const CTX_SAMPLE: usize = 1 << 15;
+/// A period must predict this much better (entropy ratio) than the left neighbour.
+const PERIOD_GAIN: f64 = 0.97;
 /// Symbols of a stream's start that [`detect_period`] looks at.
 const PERIOD_SAMPLE: usize = 1 << 13;
 /// Longest period (distance of the "up" symbol) searched by [`detect_period`].
@@ -631,17 +633,13 @@ pub fn detect_period(symbols: &[u8], total: usize) -> usize {
     if sample.iter().any(|&s| s >= 16) {
         return 0;
     }
-    let mut best = (f64::INFINITY, 0);
-    for p in 2..=MAX_PERIOD.min(sample.len() / 4) {
-        if total % p != 0 {
-            continue;
-        }
+    // Conditional entropy (bits/symbol) of a symbol given the one `p` back.
+    let cond = |p: usize| -> f64 {
         let mut h = [[0u32; 16]; MAX_UP];
         for (i, &s) in sample[p..].iter().enumerate() {
             h[(sample[i] as usize).min(MAX_UP - 1)][s as usize] += 1;
         }
-        let bits: f64 = h
-            .iter()
+        h.iter()
             .map(|row| {
                 let n: u32 = row.iter().sum();
                 row.iter()
@@ -650,10 +648,21 @@ pub fn detect_period(symbols: &[u8], total: usize) -> usize {
                     .sum::<f64>()
             })
             .sum::<f64>()
-            / (sample.len() - p) as f64;
+            / (sample.len() - p) as f64
+    };
+    let mut best = (f64::INFINITY, 0);
+    for p in 2..=MAX_PERIOD.min(sample.len() / 4) {
+        if total % p != 0 {
+            continue;
+        }
+        let bits = cond(p);
         if bits < best.0 {
             best = (bits, p);
         }
+    }
+    // Only worth a second context if it predicts clearly better than the left neighbour.
+    if best.1 == 0 || best.0 > PERIOD_GAIN * cond(1) {
+        return 0;
     }
     best.1
 }
