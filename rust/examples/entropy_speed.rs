@@ -75,6 +75,33 @@ fn auto(data: &[u8], out: &mut [u8]) {
     );
 }
 
+fn baselines(data: &[u8], out: &mut [u8]) {
+    use deltackpt::entropy;
+    let n = data.len() as f64;
+    type Enc = fn(&[u8], &mut Vec<u8>);
+    let coders: [(&str, Enc, usize); 3] = [
+        ("zstd-3", |s, o| entropy::encode_zstd(s, 3, o).unwrap(), 5),
+        ("zstd-19", |s, o| entropy::encode_zstd(s, 19, o).unwrap(), 1),
+        ("gzip-9", |s, o| entropy::encode_gzip(s, 9, o).unwrap(), 1),
+    ];
+    for (name, enc, runs) in coders {
+        let (te, ce, blob) = best(runs, || {
+            let mut o = Vec::new();
+            enc(data, &mut o);
+            o
+        });
+        let (td, cd, _) = best(5, || entropy::decode_into(&blob, out).unwrap());
+        println!(
+            "{name}: {:.4} bits/symbol, encode {:.0} MB/s (CPU time {:.0}), decode {:.0} MB/s (CPU time {:.0})",
+            blob.len() as f64 * 8.0 / n,
+            n / te / 1e6,
+            n / ce / 1e6,
+            n / td / 1e6,
+            n / cd / 1e6
+        );
+    }
+}
+
 fn main() {
     let n = 16 << 20;
     let data = iid(n, 0.97, 8, 42);
@@ -82,6 +109,9 @@ fn main() {
     let only = std::env::args().nth(1);
     if only.as_deref().is_none_or(|o| o == "Auto") {
         auto(&data, &mut out);
+    }
+    if only.as_deref().is_none_or(|o| o == "Baselines") {
+        baselines(&data, &mut out);
     }
     for m in [
         Method::Tans,

@@ -199,6 +199,7 @@ fn tans_is_within_one_percent_of_entropy() {
             let (_, payload) = tans::read_header(&body).unwrap();
             let bits = payload.len() as f64 * 8.0;
             let h = entropy_bits(&v);
+            eprintln!("tANS p0={p0} K={k}: {:.5} x entropy", bits / h);
             assert!(
                 bits <= 1.01 * h,
                 "p0={p0} K={k}: {bits} bits vs entropy {h:.0} ({:.4}x)",
@@ -292,6 +293,13 @@ fn forged_counts_do_not_allocate() {
         blob[1..9].copy_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(entropy::decode(&blob).is_err());
     }
+    // An unknown coder id is Unsupported, before any allocation.
+    let mut blob = vec![77u8];
+    blob.extend_from_slice(&(1u64 << 58).to_le_bytes());
+    assert!(matches!(
+        entropy::decode(&blob),
+        Err(deltackpt::Error::Unsupported(_))
+    ));
     // A zstd frame whose content size disagrees with the declared count.
     let mut blob = entropy::encode(&[0u8; 1000], Coder::Zstd).unwrap();
     blob[1..9].copy_from_slice(&2000u64.to_le_bytes());

@@ -116,6 +116,9 @@ fn choose_auto(symbols: &[u8], hist: &[u32; 256], period: usize) -> Method {
 }
 
 /// Encode one chunk (method byte and payload) into `out`.
+///
+/// # Panics
+/// With [`Method::RunsTans`]/[`Method::RunsHuffman`] on symbols above [`runs::MAX_SYMBOL`].
 pub fn encode_chunk(symbols: &[u8], method: Method, out: &mut Vec<u8>) {
     encode_chunk_with(symbols, method, 0, out)
 }

@@ -139,7 +139,7 @@ pub fn decode(data: &[u8]) -> Result<Vec<u8>> {
                     .flatten()
                     .is_none_or(|c| c == n as u64)
         }
-        _ => true,
+        id => return Err(unknown_id(id)),
     };
     if !plausible {
         return Err(Error::corrupt(format!(
@@ -177,10 +177,14 @@ pub fn decode_into(data: &[u8], out: &mut [u8]) -> Result<()> {
         ID_ZSTD => baseline::zstd_decode(body, out),
         ID_GZIP => baseline::deflate_decode(body, out),
         ID_CHUNKED => chunks::decode(body, out),
-        id => Err(Error::Unsupported(format!(
-            "unknown symbol coder id {id}; this stream was written by a newer deltackpt"
-        ))),
+        id => Err(unknown_id(id)),
     }
+}
+
+fn unknown_id(id: u8) -> Error {
+    Error::Unsupported(format!(
+        "unknown symbol coder id {id}; this stream was written by a newer deltackpt"
+    ))
 }
 
 fn put_len(out: &mut Vec<u8>, n: usize) {

@@ -97,12 +97,19 @@ pub fn estimate(symbols: &[u8], hist: &[u32; 256]) -> Option<Estimate> {
     })
 }
 
-/// Encode `symbols` as run tokens coded with Huffman (`use_huffman`) or tANS. The symbols
-/// must be non-empty, at most [`MAX_SYMBOL`] and fewer than 2^28.
+/// Encode `symbols` as run tokens coded with Huffman (`use_huffman`) or tANS.
+///
+/// # Panics
+/// If a symbol exceeds [`MAX_SYMBOL`] or there are 2^28 symbols or more ([`estimate`] returns
+/// `None` for such streams, and [`Coder::Auto`](super::Coder::Auto) never picks them).
 pub fn encode(symbols: &[u8], use_huffman: bool, out: &mut Vec<u8>) {
     let hist = tans::histogram(symbols);
     let m = hist.iter().rposition(|&c| c > 0).unwrap_or(0) as u8;
     assert!(m <= MAX_SYMBOL, "run tokens need symbols <= {MAX_SYMBOL}");
+    assert!(
+        symbols.len() < 1 << 28,
+        "run tokens need fewer than 2^28 symbols"
+    );
     let mut tokens = Vec::with_capacity(symbols.len() / 2 + 16);
     let mut ebuf = Vec::new();
     {

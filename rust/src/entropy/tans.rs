@@ -336,7 +336,9 @@ pub fn encode(symbols: &[u8], out: &mut Vec<u8>) {
     encode_with(symbols, &norm, out);
 }
 
-/// Encode `symbols` (all present in `norm`) with the given normalization.
+/// Encode `symbols` with the given normalization. Every symbol must have a non-zero count in
+/// `norm` (as when `norm` comes from [`plan`] on their histogram); otherwise the stream does not
+/// decode.
 pub fn encode_with(symbols: &[u8], norm: &Norm, out: &mut Vec<u8>) {
     if symbols.is_empty() {
         return;
