@@ -423,12 +423,14 @@ pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
 }
 
 #[inline(always)]
-fn decode_symbols(
+fn decode_symbols<'a>(
     t: &DTable,
     st: [usize; LANES],
-    r: &mut BackReader,
+    mut rd: BackReader<'a>,
     out: &mut [u8],
-) -> [usize; LANES] {
+) -> ([usize; LANES], BackReader<'a>) {
+    // The reader is a local here so that its fields live in registers.
+    let r = &mut rd;
     let full = out.len() / LANES * LANES;
     let (head, tail) = out.split_at_mut(full);
     let [mut x0, mut x1, mut x2, mut x3] = st;
@@ -444,26 +446,26 @@ fn decode_symbols(
         r.refill();
         *o = t.step(&mut st[i % LANES], r);
     }
-    st
+    (st, rd)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi1,bmi2")]
-fn decode_symbols_bmi2(
+fn decode_symbols_bmi2<'a>(
     t: &DTable,
     st: [usize; LANES],
-    r: &mut BackReader,
+    r: BackReader<'a>,
     out: &mut [u8],
-) -> [usize; LANES] {
+) -> ([usize; LANES], BackReader<'a>) {
     decode_symbols(t, st, r, out)
 }
 
-fn decode_symbols_dispatch(
+fn decode_symbols_dispatch<'a>(
     t: &DTable,
     st: [usize; LANES],
-    r: &mut BackReader,
+    r: BackReader<'a>,
     out: &mut [u8],
-) -> [usize; LANES] {
+) -> ([usize; LANES], BackReader<'a>) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::bmi2_enabled() {
         // SAFETY: the CPU supports BMI1/BMI2 (checked at run time by `bmi2_enabled`).
@@ -482,7 +484,7 @@ pub(crate) fn decode_with(t: &DTable, bits: &[u8], out: &mut [u8]) -> Result<()>
         r.refill();
         *x = r.read(t.log) as usize;
     }
-    let st = decode_symbols_dispatch(t, st, &mut r, out);
+    let (st, r) = decode_symbols_dispatch(t, st, r, out);
     if r.remaining() != 0 || st.iter().any(|&x| x != 0) {
         return Err(Error::corrupt(
             "tANS stream does not end where its symbols do",
