@@ -3,14 +3,24 @@
 //! Every coder turns a `&[u8]` of symbols into a self-describing stream and back:
 //! [`encode`] writes a one-byte coder id, the symbol count, then the coder's payload;
 //! [`decode`] reads any such stream. Decoders are total: arbitrary bytes give either the
-//! original symbols or [`Error::Corrupt`], never a panic and never an unbounded allocation.
+//! original symbols or [`Error::Corrupt`] / [`Error::Unsupported`], never a panic and never
+//! an allocation the input cannot justify.
+//!
+//! The crate's own coders ([`Coder::Tans`], [`Coder::Huffman`], [`Coder::Lz77`] and
+//! [`Coder::Auto`]) cut the stream into independent chunks ([`chunks`]) that are coded in
+//! parallel; `Auto` picks per chunk among raw, run-length, tANS ([`tans`], order 0 or with the
+//! previous symbol and an auto-detected "row above" as context), Huffman ([`huffman`]) and
+//! zero-run tokens ([`runs`]), from histogram estimates. zstd and deflate are baselines, used
+//! only when asked for. The byte layout is described in `docs/ENTROPY_FORMAT.md`.
 //!
 //! ```
 //! use deltackpt::entropy::{self, Coder};
 //! let symbols: Vec<u8> = (0..10_000u32).map(|i| if i % 17 == 0 { 3 } else { 0 }).collect();
-//! let blob = entropy::encode(&symbols, Coder::Zstd).unwrap();
-//! assert!(blob.len() < symbols.len() / 10);
-//! assert_eq!(entropy::decode(&blob).unwrap(), symbols);
+//! for coder in [Coder::Auto, Coder::Tans, Coder::Zstd] {
+//!     let blob = entropy::encode(&symbols, coder).unwrap();
+//!     assert!(blob.len() < symbols.len() / 10);
+//!     assert_eq!(entropy::decode(&blob).unwrap(), symbols);
+//! }
 //! ```
 
 mod baseline;
@@ -27,7 +37,8 @@ use crate::error::{Error, Result};
 /// Which coder to use for a symbol stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Coder {
-    /// Pick the smallest representation.
+    /// Pick, per chunk, the smallest of the crate's own representations (raw, run-length,
+    /// tANS, context tANS, Huffman, zero-run tokens) from histogram-based size estimates.
     Auto,
     /// Store the bytes as they are.
     Raw,
