@@ -139,7 +139,7 @@ pub fn encode(symbols: &[u8], out: &mut Vec<u8>) {
         return;
     }
     let hist = super::tans::histogram(symbols);
-    let (len, _) = plan(&hist);
+    let (len, bits) = plan(&hist);
     let max_sym = len.iter().rposition(|&x| x > 0).unwrap_or(0);
     out.push(max_sym as u8);
     for pair in len[..=max_sym].chunks(2) {
@@ -148,7 +148,7 @@ pub fn encode(symbols: &[u8], out: &mut Vec<u8>) {
     let codes = canonical(&len[..=max_sym]);
     let mut streams: Vec<Vec<u8>> = vec![Vec::new(); STREAMS];
     for (j, buf) in streams.iter_mut().enumerate() {
-        let mut w = BitWriter::new(buf, symbols.len() / STREAMS * MAX_LEN as usize + 64);
+        let mut w = BitWriter::new(buf, (bits / STREAMS as f64 * 1.05) as usize + 256);
         let mut it = symbols.iter().skip(j).step_by(STREAMS);
         loop {
             let mut any = false;

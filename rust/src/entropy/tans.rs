@@ -130,6 +130,11 @@ pub fn cost_bits(hist: &[u32; 256], norm: &Norm) -> f64 {
         .sum()
 }
 
+/// [`cost_bits`] of `symbols` themselves (for sizing output buffers).
+fn cost_bits_of(symbols: &[u8], norm: &Norm) -> f64 {
+    cost_bits(&histogram(symbols), norm)
+}
+
 fn header_bits(norm: &Norm) -> u64 {
     let l = 1u32 << norm.log;
     let mut rem = l;
@@ -332,21 +337,29 @@ pub fn encode(symbols: &[u8], out: &mut Vec<u8>) {
         return;
     }
     let hist = histogram(symbols);
-    let (norm, _) = plan(&hist);
-    encode_with(symbols, &norm, out);
+    let (norm, bits) = plan(&hist);
+    encode_sized(symbols, &norm, bits, out);
 }
 
 /// Encode `symbols` with the given normalization. Every symbol must have a non-zero count in
 /// `norm` (as when `norm` comes from [`plan`] on their histogram); otherwise the stream does not
 /// decode.
 pub fn encode_with(symbols: &[u8], norm: &Norm, out: &mut Vec<u8>) {
+    encode_sized(symbols, norm, cost_bits_of(symbols, norm), out)
+}
+
+/// [`encode_with`] given the estimated size in bits, to size the output buffer.
+fn encode_sized(symbols: &[u8], norm: &Norm, est_bits: f64, out: &mut Vec<u8>) {
     if symbols.is_empty() {
         return;
     }
     write_header(norm, out);
     let t = ETable::new(norm);
     let l = 1u32 << norm.log;
-    let w = BitWriter::new(out, symbols.len() * norm.log as usize + 64);
+    // Start from the estimated size (the writer grows if needed) rather than the worst case,
+    // which would zero-fill ~1.5 bytes per symbol.
+    let hint = (est_bits * 1.02) as usize + 256;
+    let w = BitWriter::new(out, hint);
     let (st, mut w) = encode_symbols_dispatch(&t, symbols, l, w);
     for x in st.iter().rev() {
         w.put((x - l) as u64, norm.log);
@@ -767,7 +780,7 @@ fn encode_ctx_shape(symbols: &[u8], shape: &CtxShape, out: &mut Vec<u8>) {
             .expect("every context that occurs has a table")
     };
     let l = 1u32 << log;
-    let mut w = BitWriter::new(out, symbols.len() * log as usize + 64);
+    let mut w = BitWriter::new(out, symbols.len() + 256);
     let mut st = [l; LANES];
     let n = symbols.len();
     let q = n / LANES;
