@@ -42,6 +42,27 @@ pub(crate) fn encode_chunks(
         .collect()
 }
 
+/// Split a lossless chunk into its `size` plane streams.
+pub(crate) fn plane_streams(chunk: &[u8], size: usize) -> Result<Vec<&[u8]>> {
+    let mut rest = chunk;
+    let mut out = Vec::with_capacity(size);
+    for _ in 0..size {
+        if rest.len() < 4 {
+            return Err(Error::corrupt("lossless chunk truncated"));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        if rest.len() - 4 < len {
+            return Err(Error::corrupt("lossless plane overruns its chunk"));
+        }
+        out.push(&rest[4..4 + len]);
+        rest = &rest[4 + len..];
+    }
+    if !rest.is_empty() {
+        return Err(Error::corrupt("trailing bytes in a lossless chunk"));
+    }
+    Ok(out)
+}
+
 pub(crate) fn decode_chunks(
     dtype: DType,
     chunks: &[&[u8]],
@@ -57,20 +78,8 @@ pub(crate) fn decode_chunks(
         .try_for_each(|(i, (o, c))| {
             let m = o.len() / size;
             let mut planes = vec![vec![0u8; m]; size];
-            let mut rest: &[u8] = c;
-            for p in planes.iter_mut() {
-                if rest.len() < 4 {
-                    return Err(Error::corrupt("lossless chunk truncated"));
-                }
-                let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-                if rest.len() - 4 < len {
-                    return Err(Error::corrupt("lossless plane overruns its chunk"));
-                }
-                entropy::decode_into(&rest[4..4 + len], p)?;
-                rest = &rest[4 + len..];
-            }
-            if !rest.is_empty() {
-                return Err(Error::corrupt("trailing bytes in a lossless chunk"));
+            for (p, s) in planes.iter_mut().zip(plane_streams(c, size)?) {
+                entropy::decode_into(s, p)?;
             }
             let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + o.len()]);
             float::merge_planes(size, &planes, r, o);

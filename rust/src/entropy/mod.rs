@@ -136,8 +136,17 @@ pub fn encode_gzip(symbols: &[u8], level: u32, out: &mut Vec<u8>) -> Result<()> 
 
 /// Decode a stream written by [`encode`].
 pub fn decode(data: &[u8]) -> Result<Vec<u8>> {
+    let n = plausible_len(data)?;
+    let mut out = try_alloc(n)?;
+    decode_into(data, &mut out)?;
+    Ok(out)
+}
+
+/// The symbol count a stream declares, refused with [`Error::Corrupt`] when its payload
+/// cannot possibly describe that many symbols (so that forged headers never cause large
+/// allocations). Callers that allocate for a stream check this first.
+pub fn plausible_len(data: &[u8]) -> Result<usize> {
     let (n, body) = peek_len(data)?;
-    // Refuse to allocate for counts the payload cannot possibly describe.
     let plausible = match data[0] {
         ID_RAW => body.len() == n,
         ID_CHUNKED => chunks::can_hold(body, n),
@@ -158,9 +167,7 @@ pub fn decode(data: &[u8]) -> Result<Vec<u8>> {
             body.len()
         )));
     }
-    let mut out = try_alloc(n)?;
-    decode_into(data, &mut out)?;
-    Ok(out)
+    Ok(n)
 }
 
 /// Number of symbols a stream declares (validated against nothing but the header).
