@@ -169,6 +169,7 @@ class DeltaLoRA:
         self.step_count = 0
         self._prev = {n: lyr.delta_weight() for n, lyr in layers.items()}
         self._const: dict[str, torch.Tensor] = {}
+        self._reported: list[str] = []
         self._hook: Any = None
         if optimizer is not None:
             self.attach(optimizer)
@@ -244,6 +245,16 @@ class DeltaLoRA:
     def _telescoped(self) -> list[str]:
         return sorted(self._const) if self.step_count > self.start_step else []
 
+    def keyframe_due(self) -> bool:
+        """True when the next :meth:`state_dict` switches base weights to their constant.
+
+        That happens once, at the first save after ``start_step`` (never with the default
+        ``start_step=0``: the first save already holds the constants). Save that state with
+        ``chain.save(step, state, exact=True)``: a lossy delta from ``W`` to ``C`` would leave
+        a residual that later steps keep paying for.
+        """
+        return self._telescoped() != self._reported
+
     def state_dict(self) -> dict[str, Any]:
         """The model's state for a checkpoint, with every telescoped base weight replaced.
 
@@ -257,6 +268,7 @@ class DeltaLoRA:
         tele = self._telescoped()
         for name in tele:
             sd[f"{name}.base_layer.weight"] = self._const[name]
+        self._reported = tele
         meta = {
             "step_count": self.step_count,
             "start_step": self.start_step,
@@ -297,6 +309,7 @@ class DeltaLoRA:
         self.model.load_state_dict(sd)
         self.step_count = int(meta["step_count"])
         self._const = {n: t.to(self.layers[n].base_layer.weight.device) for n, t in const.items()}
+        self._reported = tele
         self._prev = {n: lyr.delta_weight() for n, lyr in self.layers.items()}
 
     load_checkpoint_state = load_state_dict
