@@ -36,6 +36,10 @@ def _ba(layer: LoraLayer) -> torch.Tensor:
     return (b @ a).reshape(layer.base_layer.weight.shape)
 
 
+def _lora_keys(names) -> set[str]:
+    return {f"{n}.lora_{p}.weight" for n in names for p in "AB"}
+
+
 def _randomize_b(ctl) -> None:
     with torch.no_grad():
         for lyr in ctl.layers.values():
@@ -239,8 +243,9 @@ def test_bf16_base_is_stored_not_telescoped(digits):
     train_steps(m, opt, xt[:64], yt[:64], epochs=1)
     st = ctl.state_dict()
     assert st["delta_lora"]["telescoped"] == ["9"]
-    assert torch.equal(st["weights"]["7.base_layer.weight"], ctl.layers["7"].base_layer.weight)
-    assert not torch.equal(st["weights"]["9.base_layer.weight"], ctl.layers["9"].base_layer.weight)
+    assert torch.equal(st["7.weight"], ctl.layers["7"].base_layer.weight)
+    assert not torch.equal(st["9.weight"], ctl.layers["9"].base_layer.weight)
+    assert set(st) == {*lenet5().state_dict(), *_lora_keys("79"), "delta_lora"}
 
 
 def _abs_ba_bound(a, b, da, db):
@@ -263,13 +268,13 @@ def test_chain_restores_effective_weights_within_bound(digits, tmp_path):
             assert ctl.keyframe_due() == (step == 4)
             ch.save(step, {"model": ctl}, exact=ctl.keyframe_due())
             if step > 3:
-                consts.append(ctl.state_dict()["weights"]["7.base_layer.weight"])
+                consts.append(ctl.state_dict()["7.weight"])
 
         last = train_steps(m, opt, xt[:800], yt[:800], epochs=1, on_step=on_step)
         assert all(torch.equal(c, consts[0]) for c in consts)  # C is constant after K
         info = ch.info(last)
         assert info["kind"] == "step"
-        base_state = ch.restore(info["base"][1])["model"]["weights"]
+        base_state = ch.restore(info["base"][1])["model"]
 
         m2 = _model(seed=1)
         ctl2 = apply_delta_lora(m2, r".*", rank=RANK, alpha=ALPHA, start_step=3)

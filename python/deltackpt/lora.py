@@ -10,13 +10,14 @@ base frozen) and returns a :class:`DeltaLoRA` controller. After every optimizer 
     W <- W + update_ratio * s * (B_{t+1} A_{t+1} - B_t A_t)
 
 These updates telescope: ``W_t = W_K + lambda * s * (B_t A_t - B_K A_K)``. Checkpoints use
-that: :meth:`DeltaLoRA.state_dict` replaces every fp32 base weight being updated by the
-constant ``C = W_K - lambda * s * B_K A_K``, so a delta chain stores ``C`` exactly once (at its
-keyframes; later deltas of a constant are exactly zero and cost a few bytes) plus the small
-A and B of every step; :meth:`DeltaLoRA.load_state_dict` rebuilds ``W_t = C + lambda * s *
-B_t A_t`` from the restored factors. Base weights that are not fp32 (bf16, fp16) accumulate
-rounding along the chain, so they are stored as they are. Nothing in the chain knows about
-LoRA: pass the controller where the model would go::
+that: :meth:`DeltaLoRA.state_dict` (keyed like the unwrapped model, plus the factors and a
+small JSON entry) replaces every fp32 base weight being updated by the constant
+``C = W_K - lambda * s * B_K A_K``. A delta chain stores ``C`` once (exactly at its
+keyframes; later deltas of a constant are zero and cost a few bytes) plus the small A and B
+of every step; :meth:`DeltaLoRA.load_state_dict` rebuilds ``W_t = C + lambda * s * B_t A_t``
+from the restored factors. Base weights that are not fp32 (bf16, fp16) would not telescope
+exactly (rounding at every update), so they are stored as they are. Nothing in the chain
+knows about LoRA: pass the controller where the model would go::
 
     ctl = apply_delta_lora(model, target_modules="all-linear", optimizer=opt)
     chain.save(step, {"model": ctl, "optimizer": opt})
@@ -256,57 +257,62 @@ class DeltaLoRA:
         return self._telescoped() != self._reported
 
     def state_dict(self) -> dict[str, Any]:
-        """The model's state for a checkpoint, with every telescoped base weight replaced.
+        """The model's state for a checkpoint, keyed like the unwrapped model.
 
-        ``{"weights": model.state_dict() with <name>.base_layer.weight = C for each telescoped
-        layer, "delta_lora": {"step_count", "start_step", "update_ratio", "scaling",
-        "telescoped": [names]}}``. ``C`` stays constant from step K on, so a delta chain
-        stores it for free after its keyframe.
+        ``model.state_dict()`` with ``<name>.base_layer.<p>`` renamed ``<name>.<p>`` (so the
+        keys of a model saved before and after wrapping line up, and a chain delta-codes the
+        base weights across the switch), ``<name>.weight`` = ``C`` for every telescoped layer,
+        ``<name>.lora_A.weight`` / ``<name>.lora_B.weight``, and ``"delta_lora"``: a dict of
+        JSON values (``step_count``, ``start_step``, ``update_ratio``, ``scaling``,
+        ``telescoped``: the layer names whose weight entry is ``C``). ``C`` stays constant
+        from step K on, so a delta chain stores it for free after it has reached it.
         """
         self._check_unmerged("checkpoint")
-        sd = dict(self.model.state_dict())
         tele = self._telescoped()
+        sd: dict[str, Any] = {}
+        for key, val in self.model.state_dict().items():
+            sd[key.replace(".base_layer.", ".")] = val
         for name in tele:
-            sd[f"{name}.base_layer.weight"] = self._const[name]
+            sd[f"{name}.weight"] = self._const[name]
         self._reported = tele
-        meta = {
+        sd[_STATE_KEY] = {
             "step_count": self.step_count,
             "start_step": self.start_step,
             "update_ratio": self.update_ratio,
             "scaling": self.scaling,
             "telescoped": tele,
         }
-        return {"weights": sd, _STATE_KEY: meta}
+        return sd
 
     checkpoint_state = state_dict
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`: load the model, rebuilding ``W = C + lambda*s*B A``."""
-        if not isinstance(state, dict) or _STATE_KEY not in state or "weights" not in state:
-            raise ValueError("not a DeltaLoRA checkpoint state (expected 'weights', 'delta_lora')")
+        if not isinstance(state, dict) or not isinstance(state.get(_STATE_KEY), dict):
+            raise ValueError(f"not a DeltaLoRA checkpoint state (no {_STATE_KEY!r} entry)")
         meta = state[_STATE_KEY]
         if not math.isclose(float(meta["scaling"]), self.scaling) or not math.isclose(
             float(meta["update_ratio"]), self.update_ratio
         ):
             raise ValueError("checkpoint made with another scaling or update_ratio")
         self._check_unmerged("load a checkpoint")
-        sd = dict(state["weights"])
         tele = [str(n) for n in meta["telescoped"]]
         unknown = set(tele) - set(self.layers)
         if unknown:
             raise ValueError(f"telescoped layers not in this model: {sorted(unknown)}")
         const: dict[str, torch.Tensor] = {}
         k = self.update_ratio * self.scaling
+        sd = {key: v for key, v in state.items() if key != _STATE_KEY}
         for name in tele:
-            key = f"{name}.base_layer.weight"
-            c = torch.as_tensor(sd[key]).float()
+            c = torch.as_tensor(sd[f"{name}.weight"]).float()
             a = torch.as_tensor(sd[f"{name}.lora_A.weight"]).float()
             b = torch.as_tensor(sd[f"{name}.lora_B.weight"]).float()
             ba = (b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)).reshape(c.shape)
             const[name] = c.clone()
-            sd[key] = c + k * ba
-        self.model.load_state_dict(sd)
+            sd[f"{name}.weight"] = c + k * ba
+        wrapped = {key.replace(".base_layer.", "."): key for key in self.model.state_dict()}
+        self.model.load_state_dict({wrapped.get(key, key): v for key, v in sd.items()})
         self.step_count = int(meta["step_count"])
         self._const = {n: t.to(self.layers[n].base_layer.weight.device) for n, t in const.items()}
         self._reported = tele
@@ -367,8 +373,8 @@ def _adopt(optimizer: torch.optim.Optimizer, layers: dict[str, LoraLayer]) -> No
     frozen = {id(lyr.base_layer.weight) for lyr in layers.values()}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if id(p) in frozen and optimizer.state.get(p):
-                raise ValueError("the optimizer already has state for a base weight to freeze")
+            if id(p) in frozen:
+                optimizer.state.pop(p, None)  # e.g. momentum from full training before
         group["params"] = [p for p in group["params"] if id(p) not in frozen]
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     new = [
@@ -400,7 +406,8 @@ def apply_delta_lora(
     The wrapped base weights are frozen (``requires_grad=False``, no optimizer state); their
     biases and all other parameters are left as they are (freeze them yourself for pure
     LoRA). With ``optimizer`` (e.g. built on ``model.parameters()`` before wrapping), the
-    frozen weights are removed from its groups, the A/B weights added as a new group with its
+    frozen weights are removed from its groups (with their state, if it trained them
+    before), the A/B weights added as a new group with its
     defaults, and the controller runs after each of its steps
     (``register_step_post_hook``). Without, build the optimizer on the trainable parameters
     and call ``controller.step()`` after each ``optimizer.step()``.
