@@ -6,11 +6,12 @@ then: python benches/bench_table.py out.json
 
 from __future__ import annotations
 
-import deltackpt as dk
 import numpy as np
 import pytest
 import zstandard
 from conftest import throughput
+
+import deltackpt as dk
 
 ROUNDS = 5
 

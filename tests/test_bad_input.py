@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import deltackpt as dk
 import numpy as np
 import pytest
 import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
+
+import deltackpt as dk
 
 RNG = np.random.default_rng(7)
 X = (RNG.standard_normal(3000) * 0.01).astype(np.float32)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import deltackpt as dk
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
+import deltackpt as dk
 
 CODERS = ["auto", "raw", "zstd", "gzip"]
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import deltackpt as dk
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
+
+import deltackpt as dk
 
 BITS = {np.float32: np.uint32, np.float64: np.uint64, np.float16: np.uint16}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import codec, quant
 from ._api import decode, encode, inspect
 from ._core import __version__
+from .chain import CheckpointChain
 from .errors import (
     CorruptDataError,
     DeltackptError,
@@ -19,6 +20,7 @@ from .errors import (
     ReferenceMismatchError,
     UnsupportedError,
 )
+from .store import LockedError
 
 __all__ = [
     "__version__",
@@ -33,4 +35,6 @@ __all__ = [
     "NonFiniteError",
     "ReferenceMismatchError",
     "InvalidArgumentError",
+    "CheckpointChain",
+    "LockedError",
 ]

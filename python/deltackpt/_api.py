@@ -7,8 +7,8 @@ from typing import Any
 from . import _core
 from ._tensors import check_reference, from_raw, to_raw
 
-QUANTIZERS = ("none", "exponent")
-CODERS = ("auto", "raw", "zstd", "gzip")
+QUANTIZERS = ("none", "exponent", "uniform", "lattice")
+CODERS = ("auto", "raw", "tans", "huffman", "lz77", "zstd", "gzip")
 
 
 def encode(
@@ -19,6 +19,10 @@ def encode(
     bits: int = 3,
     coder: str = "auto",
     bucket_value: str = "mean",
+    symmetric: bool = True,
+    dim: int = 3,
+    iters: int = 400,
+    seed: int = 0,
 ) -> bytes:
     """Compress a numpy array or torch tensor (float32/float64/float16/bfloat16) to bytes.
 
@@ -27,7 +31,10 @@ def encode(
     (with a reference the bit patterns are XORed, which is exact too); ``"exponent"`` is
     LC-checkpoint's exponent-bucket quantizer with ``bits`` (1-8) bits per element.
     ``bucket_value`` is ``"mean"`` (default: lowest squared error) or ``"midpoint"`` (as in
-    the source paper).
+    the source paper). ``"uniform"`` quantizes the delta on 2^bits − 1 levels centred on 0
+    (``symmetric=False``: affine, 2^bits levels); ``"lattice"`` cuts it into blocks of ``dim``
+    values quantized with Babai's nearest plane on a basis searched for this tensor
+    (``iters`` perturbations, ``seed``; the basis is stored in the blob).
     """
     raw = to_raw(x, "x")
     ref = None
@@ -44,6 +51,10 @@ def encode(
         coder=coder,
         bucket_value=bucket_value,
         tag=raw.tag,
+        symmetric=symmetric,
+        dim=dim,
+        lattice_iters=iters,
+        seed=seed,
     )
 
 

@@ -9,6 +9,8 @@ use crate::format::{self, Header, Quantizer, FLAG_MIDPOINT, FLAG_REFERENCE};
 use crate::lossless;
 use crate::parallel;
 use crate::quant::exponent::{self, BucketValue, ExpFloat};
+use crate::quant::lattice::FindBasisOptions;
+use crate::scalar;
 
 /// Default number of elements per independently coded chunk.
 pub const DEFAULT_CHUNK_ELEMS: usize = 1 << 18;
@@ -52,6 +54,14 @@ pub struct EncodeOptions {
     pub chunk_elems: usize,
     /// A byte stored in the header for the caller's own use (see [`Header::tag`]).
     pub tag: u8,
+    /// Uniform quantizer: symmetric (odd number of levels, 0 exact) or affine.
+    pub symmetric: bool,
+    /// Lattice quantizer: block dimension (1–9).
+    pub dim: usize,
+    /// Lattice quantizer: basis search iterations (0 = best scaled identity, i.e. uniform).
+    pub lattice_iters: usize,
+    /// Lattice quantizer: seed of the basis search.
+    pub seed: u64,
 }
 
 impl Default for EncodeOptions {
@@ -63,6 +73,10 @@ impl Default for EncodeOptions {
             bucket_value: BucketValue::Mean,
             chunk_elems: DEFAULT_CHUNK_ELEMS,
             tag: 0,
+            symmetric: true,
+            dim: 3,
+            lattice_iters: FindBasisOptions::default().iters,
+            seed: 0,
         }
     }
 }
@@ -139,6 +153,31 @@ pub fn encode(x: Tensor<'_>, reference: Option<&[u8]>, opts: &EncodeOptions) -> 
             }
             encode_exponent(x, reference, opts, &mut header.params)
         }
+        Quantizer::Uniform | Quantizer::Lattice => {
+            header.bits = opts.bits;
+            let d = if x.dtype == DType::F64 {
+                delta_f64(x.data, reference, opts.chunk_elems)
+            } else {
+                let d32 = delta_f32(x.dtype, x.data, reference, opts.chunk_elems);
+                d32.par_iter().map(|&v| v as f64).collect()
+            };
+            let (symbols, params) = if opts.quantizer == Quantizer::Uniform {
+                scalar::uniform_encode(&d, opts.bits, opts.symmetric)
+            } else {
+                let search = FindBasisOptions {
+                    iters: opts.lattice_iters,
+                    seed: opts.seed,
+                    ..Default::default()
+                };
+                scalar::lattice_encode(&d, opts.bits, opts.dim, &search)
+            }
+            .map_err(|e| with_delta_context(e, reference.is_some()))?;
+            header.params = params;
+            symbols
+                .par_chunks(opts.chunk_elems)
+                .map(|c| entropy::encode(c, opts.coder))
+                .collect()
+        }
     })?;
     header.chunk_sizes = chunks.iter().map(|c| c.len() as u64).collect();
     Ok(format::write(&header, &chunks))
@@ -180,22 +219,27 @@ fn delta_f64(data: &[u8], reference: Option<&[u8]>, chunk: usize) -> Vec<f64> {
     d
 }
 
+/// Say where non-finite values come from when the tensor was a delta.
+fn with_delta_context(e: Error, delta: bool) -> Error {
+    match e {
+        Error::NonFinite {
+            count, first_index, ..
+        } if delta => Error::NonFinite {
+            count,
+            first_index,
+            context: " in the delta x − reference (in x, the reference, or an overflow)".into(),
+        },
+        e => e,
+    }
+}
+
 fn encode_exponent(
     x: Tensor<'_>,
     reference: Option<&[u8]>,
     opts: &EncodeOptions,
     params: &mut Vec<u8>,
 ) -> Result<Vec<Vec<u8>>> {
-    let with_context = |e: Error| match e {
-        Error::NonFinite {
-            count, first_index, ..
-        } if reference.is_some() => Error::NonFinite {
-            count,
-            first_index,
-            context: " in the delta x − reference (in x, the reference, or an overflow)".into(),
-        },
-        e => e,
-    };
+    let with_context = |e: Error| with_delta_context(e, reference.is_some());
     let symbols = if x.dtype == DType::F64 {
         let d = delta_f64(x.data, reference, opts.chunk_elems);
         let mut s = vec![0u8; d.len()];
@@ -315,6 +359,9 @@ fn decode_parsed(
             lossless::decode_chunks(header.dtype, chunks, chunk_elems, reference, out)
         }
         Quantizer::Exponent => decode_exponent(header, chunks, chunk_elems, reference, out),
+        Quantizer::Uniform | Quantizer::Lattice => {
+            decode_scalar(header, chunks, chunk_elems, reference, out)
+        }
     })
 }
 
@@ -388,4 +435,54 @@ fn decode_exponent(
             }
             Ok(())
         })
+}
+
+fn decode_scalar(
+    header: &Header,
+    chunks: &[&[u8]],
+    chunk_elems: usize,
+    reference: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let dtype = header.dtype;
+    let size = dtype.size();
+    let numel = out.len() / size;
+    let mut symbols = entropy::try_alloc(header.stream_len()? as usize)?;
+    symbols
+        .par_chunks_mut(chunk_elems)
+        .zip(chunks.par_iter())
+        .try_for_each(|(s, c)| entropy::decode_into(c, s))?;
+    let values = if header.quantizer == Quantizer::Uniform {
+        scalar::uniform_decode(&symbols, &header.params)?
+    } else {
+        scalar::lattice_decode(&symbols, &header.params, header.bits, numel)?
+    };
+    let chunk_bytes = chunk_elems * size;
+    out.par_chunks_mut(chunk_bytes)
+        .zip(values.par_chunks(chunk_elems))
+        .enumerate()
+        .for_each(|(i, (o, v))| {
+            let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + o.len()]);
+            if dtype == DType::F64 {
+                let mut w = v.to_vec();
+                if let Some(r) = r {
+                    for (w, c) in w.iter_mut().zip(r.chunks_exact(8)) {
+                        *w += f64::from_le_bytes(c.try_into().unwrap());
+                    }
+                }
+                float::from_f64(&w, o);
+            } else {
+                // Same arithmetic as the exponent path: the delta in f32, added in f32.
+                let mut w: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                if let Some(r) = r {
+                    let mut base = vec![0f32; w.len()];
+                    float::to_f32(dtype, r, &mut base);
+                    for (w, b) in w.iter_mut().zip(&base) {
+                        *w += b;
+                    }
+                }
+                float::from_f32(dtype, &w, o);
+            }
+        });
+    Ok(())
 }

@@ -33,16 +33,22 @@ pub enum Quantizer {
     None,
     /// Exponent buckets with priority promotion (LC-checkpoint).
     Exponent,
+    /// Uniform scalar quantization (symmetric with a zero point of 0, or affine).
+    Uniform,
+    /// Lattice quantization of blocks with Babai's nearest plane (LatticeQ).
+    Lattice,
 }
 
 impl Quantizer {
-    /// Parse `"none"` or `"exponent"`.
+    /// Parse `"none"`, `"exponent"`, `"uniform"` or `"lattice"`.
     pub fn from_name(name: &str) -> Result<Self> {
         match name {
             "none" => Ok(Quantizer::None),
             "exponent" => Ok(Quantizer::Exponent),
+            "uniform" => Ok(Quantizer::Uniform),
+            "lattice" => Ok(Quantizer::Lattice),
             other => Err(Error::invalid(format!(
-                "unknown quantizer {other:?}; expected \"none\" or \"exponent\""
+                "unknown quantizer {other:?}; expected \"none\", \"exponent\", \"uniform\" or \"lattice\""
             ))),
         }
     }
@@ -51,18 +57,24 @@ impl Quantizer {
         match self {
             Quantizer::None => "none",
             Quantizer::Exponent => "exponent",
+            Quantizer::Uniform => "uniform",
+            Quantizer::Lattice => "lattice",
         }
     }
     fn id(self) -> u8 {
         match self {
             Quantizer::None => 0,
             Quantizer::Exponent => 1,
+            Quantizer::Uniform => 2,
+            Quantizer::Lattice => 3,
         }
     }
     fn from_id(id: u8) -> Result<Self> {
         match id {
             0 => Ok(Quantizer::None),
             1 => Ok(Quantizer::Exponent),
+            2 => Ok(Quantizer::Uniform),
+            3 => Ok(Quantizer::Lattice),
             other => Err(Error::Unsupported(format!(
                 "quantizer id {other} is unknown to this build; upgrade deltackpt"
             ))),
@@ -105,6 +117,41 @@ impl Header {
             acc.checked_mul(d)
                 .ok_or_else(|| Error::corrupt("shape overflows 64 bits"))
         })
+    }
+
+    /// Number of elements (lossless) or symbols (quantizers) the chunks hold: the element
+    /// count, except for the lattice quantizer, which pads the last block.
+    pub fn stream_len(&self) -> Result<u64> {
+        let n = self.numel()?;
+        if self.quantizer == Quantizer::Lattice {
+            let dim = crate::scalar::lattice_dim(&self.params)? as u64;
+            return Ok(n.div_ceil(dim) * dim);
+        }
+        Ok(n)
+    }
+
+    /// Uniform quantizer parameters (`None` for other quantizers).
+    pub fn uniform_params(&self) -> Result<Option<crate::quant::uniform::UniformParams>> {
+        if self.quantizer != Quantizer::Uniform {
+            return Ok(None);
+        }
+        crate::scalar::uniform_params(&self.params).map(Some)
+    }
+
+    /// Lattice block dimension and basis, rows = basis vectors (`None` for other quantizers).
+    pub fn lattice_basis(&self) -> Result<Option<(usize, Vec<f32>)>> {
+        if self.quantizer != Quantizer::Lattice {
+            return Ok(None);
+        }
+        let dim = crate::scalar::lattice_dim(&self.params)?;
+        if self.params.len() != 1 + dim * dim * 4 {
+            return Err(Error::corrupt("lattice parameters have the wrong length"));
+        }
+        let basis = self.params[1..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        Ok(Some((dim, basis)))
     }
 
     /// The exponent table as f64 values (f32 tables widened).
@@ -290,12 +337,13 @@ pub fn read(blob: &[u8]) -> Result<(Header, Vec<&[u8]>)> {
         tag,
     };
     let numel = header.numel()?;
-    let expected_chunks = if numel == 0 {
+    let stream_len = header.stream_len()?;
+    let expected_chunks = if stream_len == 0 {
         0
     } else if chunk_elems == 0 {
         return Err(Error::corrupt("chunk size is zero"));
     } else {
-        numel.div_ceil(chunk_elems)
+        stream_len.div_ceil(chunk_elems)
     };
     if expected_chunks != n_chunks as u64 {
         return Err(Error::corrupt(format!(

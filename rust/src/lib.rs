@@ -29,6 +29,7 @@ pub mod format;
 pub mod lossless;
 pub mod parallel;
 pub mod quant;
+mod scalar;
 
 pub use codec::{decode, decode_into, encode, inspect, Decoded, EncodeOptions, Tensor};
 pub use entropy::Coder;

@@ -9,7 +9,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyType};
 
 use deltackpt::entropy;
-use deltackpt::quant::exponent;
+use deltackpt::quant::{exponent, lattice, uniform};
 use deltackpt::{BucketValue, Coder, DType, EncodeOptions, Quantizer, Tensor};
 
 /// A core error on its way to Python: the one place where Rust errors become exceptions.
@@ -59,7 +59,7 @@ fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
 }
 
 #[pyfunction]
-#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0))]
+#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0, symmetric=true, dim=3, lattice_iters=400, seed=0))]
 #[allow(clippy::too_many_arguments)]
 fn encode<'py>(
     py: Python<'py>,
@@ -72,6 +72,10 @@ fn encode<'py>(
     coder: &str,
     bucket_value: &str,
     tag: u8,
+    symmetric: bool,
+    dim: usize,
+    lattice_iters: usize,
+    seed: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let opts = EncodeOptions {
         quantizer: Quantizer::from_name(quantizer).map_err(DkError)?,
@@ -79,6 +83,10 @@ fn encode<'py>(
         coder: Coder::from_name(coder).map_err(DkError)?,
         bucket_value: BucketValue::from_name(bucket_value).map_err(DkError)?,
         tag,
+        symmetric,
+        dim,
+        lattice_iters,
+        seed,
         ..Default::default()
     };
     let dtype = DType::from_name(dtype).map_err(DkError)?;
@@ -130,6 +138,16 @@ fn inspect<'py>(py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyDict>> {
         },
     )?;
     d.set_item("table", h.table().map_err(DkError)?)?;
+    if let Some(p) = h.uniform_params().map_err(DkError)? {
+        d.set_item("scale", p.scale)?;
+        d.set_item("zero_point", p.zero_point)?;
+        d.set_item("qmin", p.qmin)?;
+        d.set_item("qmax", p.qmax)?;
+    }
+    if let Some((dim, basis)) = h.lattice_basis().map_err(DkError)? {
+        d.set_item("dim", dim)?;
+        d.set_item("basis", basis)?;
+    }
     d.set_item("chunks", h.chunk_sizes.len())?;
     d.set_item("chunk_elems", h.chunk_elems)?;
     d.set_item("payload_bytes", h.chunk_sizes.iter().sum::<u64>())?;
@@ -196,6 +214,133 @@ fn quant_exponent_f64<'py>(
 }
 
 #[pyfunction]
+#[pyo3(signature = (x, bits, symmetric, channels=0))]
+fn quant_uniform<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f64>,
+    bits: u32,
+    symmetric: bool,
+    channels: usize,
+) -> PyResult<(Bound<'py, PyArray1<i32>>, UniformTuple)> {
+    let x = x.as_slice()?;
+    let (codes, params) = without_gil(py, || {
+        if channels == 0 {
+            uniform::quantize(x, bits, symmetric).map(|(c, p)| (c, vec![p]))
+        } else {
+            uniform::quantize_per_channel(x, channels, bits, symmetric)
+        }
+    })
+    .map_err(DkError)?;
+    Ok((PyArray1::from_vec(py, codes), unpack_uniform(&params)))
+}
+
+/// `(scales, zero_points, qmins, qmaxs)`, one entry per channel.
+type UniformTuple = (Vec<f64>, Vec<i64>, Vec<i32>, Vec<i32>);
+
+fn unpack_uniform(p: &[uniform::UniformParams]) -> UniformTuple {
+    (
+        p.iter().map(|p| p.scale).collect(),
+        p.iter().map(|p| p.zero_point).collect(),
+        p.iter().map(|p| p.qmin).collect(),
+        p.iter().map(|p| p.qmax).collect(),
+    )
+}
+
+#[pyfunction]
+fn quant_uniform_dequantize<'py>(
+    py: Python<'py>,
+    codes: PyReadonlyArray1<'py, i32>,
+    params: UniformTuple,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let (scales, zps, qmins, qmaxs) = params;
+    let p: Vec<uniform::UniformParams> = (0..scales.len())
+        .map(|i| uniform::UniformParams {
+            scale: scales[i],
+            zero_point: zps[i],
+            qmin: qmins[i],
+            qmax: qmaxs[i],
+        })
+        .collect();
+    for q in &p {
+        q.validate().map_err(DkError)?;
+    }
+    let c = codes.as_slice()?;
+    let v = without_gil(py, || uniform::dequantize_per_channel::<f64>(c, &p)).map_err(DkError)?;
+    Ok(PyArray1::from_vec(py, v))
+}
+
+#[pyfunction]
+fn quant_babai<'py>(
+    py: Python<'py>,
+    blocks: PyReadonlyArray1<'py, f64>,
+    n: usize,
+    basis: PyReadonlyArray1<'py, f32>,
+    bits: u32,
+) -> PyResult<Bound<'py, PyArray1<i32>>> {
+    let (b, basis) = (blocks.as_slice()?, basis.as_slice()?);
+    let codes = without_gil(py, || lattice::babai(b, n, basis, bits)).map_err(DkError)?;
+    Ok(PyArray1::from_vec(py, codes))
+}
+
+#[pyfunction]
+fn quant_lattice_dequantize<'py>(
+    py: Python<'py>,
+    codes: PyReadonlyArray1<'py, i32>,
+    n: usize,
+    basis: PyReadonlyArray1<'py, f32>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let (c, basis) = (codes.as_slice()?, basis.as_slice()?);
+    let v = without_gil(py, || lattice::dequantize::<f64>(c, n, basis)).map_err(DkError)?;
+    Ok(PyArray1::from_vec(py, v))
+}
+
+#[pyfunction]
+#[pyo3(signature = (blocks, n, bits, iters=400, seed=0, loss="mce", channels=0))]
+#[allow(clippy::too_many_arguments)]
+fn quant_find_basis<'py>(
+    py: Python<'py>,
+    blocks: PyReadonlyArray1<'py, f64>,
+    n: usize,
+    bits: u32,
+    iters: usize,
+    seed: u64,
+    loss: &str,
+    channels: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let opts = lattice::FindBasisOptions {
+        iters,
+        seed,
+        loss: loss.parse().map_err(DkError)?,
+        ..Default::default()
+    };
+    let b = blocks.as_slice()?;
+    let basis = without_gil(py, || {
+        if channels == 0 {
+            lattice::find_basis(b, n, bits, &opts)
+        } else {
+            lattice::find_basis_per_channel(b, n, channels, bits, &opts)
+        }
+    })
+    .map_err(DkError)?;
+    Ok(PyArray1::from_vec(py, basis))
+}
+
+#[pyfunction]
+#[pyo3(signature = (blocks, n, basis, bits, loss="mce"))]
+fn quant_lattice_error<'py>(
+    py: Python<'py>,
+    blocks: PyReadonlyArray1<'py, f64>,
+    n: usize,
+    basis: PyReadonlyArray1<'py, f32>,
+    bits: u32,
+    loss: &str,
+) -> PyResult<f64> {
+    let loss: lattice::Loss = loss.parse().map_err(DkError)?;
+    let (b, basis) = (blocks.as_slice()?, basis.as_slice()?);
+    Ok(without_gil(py, || lattice::error(b, n, basis, bits, loss)).map_err(DkError)?)
+}
+
+#[pyfunction]
 fn num_threads() -> usize {
     deltackpt::parallel::num_threads()
 }
@@ -210,6 +355,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(codec_decode, m)?)?;
     m.add_function(wrap_pyfunction!(quant_exponent_f32, m)?)?;
     m.add_function(wrap_pyfunction!(quant_exponent_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_uniform, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_uniform_dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_babai, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_lattice_dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_find_basis, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_lattice_error, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     Ok(())
 }

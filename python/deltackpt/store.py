@@ -1,0 +1,405 @@
+"""Storage backends of a checkpoint chain: a local directory (default) and fsspec URLs.
+
+A :class:`Store` holds named files (relative POSIX names such as ``records/main/12.json``).
+Every file is framed with a checksum and verified on read; every write is atomic:
+
+* Local directory (:class:`LocalStore`): the payload is written to a temporary name in the same
+  directory, flushed and fsynced, renamed over the final name (``os.replace``), and the directory
+  is fsynced, so a process or machine dying at any moment leaves either the old file, the new
+  file, or an ignored temporary.
+* fsspec (:class:`FsspecStore`, ``memory://``, ``file://``, ...): the payload is written to a
+  temporary name and then moved to the final name (``fs.mv``), which is a rename on file systems
+  that support it. No fsync: durability is whatever the file system gives.
+
+Temporary names contain :data:`TMP_MARKER`; :meth:`Store.list` never returns them and the next
+writer removes them (:meth:`Store.remove_temporaries`).
+
+Writer lock: a file ``LOCK`` created exclusively (``O_EXCL`` locally, mode ``"xb"`` for fsspec)
+holding ``{"pid", "host", "time", "token"}``. A second writer is refused with
+:class:`LockedError`. A lock left by a dead process on the same host is stale and is replaced; for
+local stores the check-and-replace is serialised with ``flock`` on ``LOCK.guard`` (the kernel
+releases it when its holder dies) so two writers recovering the same stale lock cannot both win.
+Readers never take the lock.
+
+File framing (all integers little-endian)::
+
+    b"DKF1" | blake2b-128 digest of payload (16 bytes) | payload length (u64) | payload
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import CorruptDataError
+
+MAGIC = b"DKF1"
+HEADER = struct.Struct("<4s16sQ")
+TMP_MARKER = ".tmp-"
+LOCK_NAME = "LOCK"
+
+
+class LockedError(RuntimeError):
+    """Another live writer holds the chain's lock."""
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix ``payload`` with the magic, its blake2b-128 digest and its length."""
+    digest = hashlib.blake2b(payload, digest_size=16).digest()
+    return HEADER.pack(MAGIC, digest, len(payload)) + payload
+
+
+def unframe(data: bytes, name: str) -> bytes:
+    """Check a framed file and return its payload; raise ``CorruptDataError`` on any mismatch."""
+    err = CorruptDataError
+    if len(data) < HEADER.size:
+        raise err(f"{name}: truncated file ({len(data)} bytes)")
+    magic, digest, length = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise err(f"{name}: bad magic {magic!r}")
+    payload = data[HEADER.size :]
+    if len(payload) != length:
+        raise err(f"{name}: length {len(payload)} != recorded {length}")
+    if hashlib.blake2b(payload, digest_size=16).digest() != digest:
+        raise err(f"{name}: checksum mismatch")
+    return payload
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_payload(token: str) -> bytes:
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "time": time.time(),
+        "token": token,
+    }
+    return json.dumps(info).encode()
+
+
+def _is_stale(info: dict[str, Any]) -> bool:
+    """A lock is stale when it was taken on this host by a process that no longer exists."""
+    return info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1)))
+
+
+def _parse_lock(raw: bytes) -> dict[str, Any]:
+    try:
+        info = json.loads(raw.decode())
+        return info if isinstance(info, dict) else {}
+    except (UnicodeDecodeError, ValueError):
+        return {}
+
+
+class Store:
+    """Abstract store of checksummed, atomically written files."""
+
+    url: str
+
+    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
+        """Atomically write ``payload`` (framed with a checksum) under ``name``.
+
+        With ``sync_dir=False`` the rename is not yet durable: call :meth:`sync_dirs` on the
+        file's folder before relying on it (batches one directory fsync over many files).
+        """
+        raise NotImplementedError
+
+    def sync_dirs(self, folders: set[str]) -> None:
+        """Make the renames done in ``folders`` durable (no-op where there is no fsync)."""
+
+    def read(self, name: str) -> bytes:
+        """Read and verify ``name``; ``CorruptDataError`` if it fails its checksum."""
+        return unframe(self.read_raw(name), name)
+
+    def read_raw(self, name: str) -> bytes:
+        """The file's bytes as stored (framing included)."""
+        raise NotImplementedError
+
+    def exists(self, name: str) -> bool:
+        """Whether a committed file ``name`` exists."""
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Committed file names under the folder ``prefix`` (recursive, sorted, no temporaries)."""
+        return sorted(n for n in self._list_all(prefix) if TMP_MARKER not in n.rsplit("/", 1)[-1])
+
+    def _list_all(self, prefix: str) -> list[str]:
+        raise NotImplementedError
+
+    def delete(self, name: str) -> None:
+        """Remove ``name`` if it exists."""
+        raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        """Stored size of ``name`` in bytes."""
+        raise NotImplementedError
+
+    def remove_temporaries(self) -> int:
+        """Delete leftovers of unfinished writes; return how many. Writers only."""
+        leftovers = [n for n in self._list_all("") if TMP_MARKER in n.rsplit("/", 1)[-1]]
+        for name in leftovers:
+            self.delete(name)
+        return len(leftovers)
+
+    def acquire_lock(self) -> None:
+        """Take the writer lock or raise :class:`LockedError`."""
+        raise NotImplementedError
+
+    def release_lock(self) -> None:
+        """Release the writer lock if this object holds it."""
+        raise NotImplementedError
+
+    def lock_info(self) -> dict[str, Any] | None:
+        """Content of the lock file, or None when the chain is not locked."""
+        try:
+            return _parse_lock(self.read_raw(LOCK_NAME))
+        except FileNotFoundError:
+            return None
+
+    def _tmp_name(self, name: str) -> str:
+        head, _, base = name.rpartition("/")
+        tmp = f".{base}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+        return f"{head}/{tmp}" if head else tmp
+
+
+def _refuse(url: str, info: dict[str, Any]) -> LockedError:
+    return LockedError(
+        f"chain {url} is locked by another writer (pid {info.get('pid')} on host "
+        f"{info.get('host')!r} since {time.ctime(info.get('time', 0))}); readers may open it "
+        f"with mode='r'; if that writer is gone for good, remove the file {LOCK_NAME}"
+    )
+
+
+class LocalStore(Store):
+    """A directory on the local file system, with fsync-based crash safety."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.url = self.root
+        self._token: str | None = None
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, *name.split("/"))
+
+    def _fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _makedirs(self, path: str) -> None:
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        self._makedirs(parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        self._fsync_dir(parent)
+
+    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
+        final = self._path(name)
+        folder = os.path.dirname(final)
+        self._makedirs(folder)
+        tmp = self._path(self._tmp_name(name))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(frame(payload))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, final)
+        if sync_dir:
+            self._fsync_dir(folder)
+
+    def sync_dirs(self, folders: set[str]) -> None:
+        for folder in sorted(folders):
+            self._fsync_dir(self._path(folder))
+
+    def read_raw(self, name: str) -> bytes:
+        with open(self._path(name), "rb") as f:
+            return f.read()
+
+    def exists(self, name: str) -> bool:
+        return os.path.isfile(self._path(name))
+
+    def _list_all(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        out: list[str] = []
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for f in files:
+                out.append(f if rel == "." else f"{rel}/{f}")
+        return out
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(name))
+
+    def size(self, name: str) -> int:
+        return os.path.getsize(self._path(name))
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(self._path(LOCK_NAME + ".guard"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def acquire_lock(self) -> None:
+        self._makedirs(self.root)
+        token = secrets.token_hex(8)
+        lock = self._path(LOCK_NAME)
+        with self._guard():
+            for _ in range(2):
+                try:
+                    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    info = self.lock_info() or {}
+                    if info and _is_stale(info):
+                        os.unlink(lock)  # safe: breakers are serialised by the guard
+                        continue
+                    raise _refuse(self.url, info) from None
+                try:
+                    os.write(fd, _lock_payload(token))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._fsync_dir(self.root)
+                self._token = token
+                return
+        raise _refuse(self.url, self.lock_info() or {})
+
+    def release_lock(self) -> None:
+        if self._token is None:
+            return
+        info = self.lock_info() or {}
+        if info.get("token") == self._token:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(LOCK_NAME))
+        self._token = None
+
+
+class FsspecStore(Store):
+    """Any fsspec file system (``memory://``, ``file://``, object stores, ...)."""
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        import fsspec
+
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        self.root = root.rstrip("/")
+        self._token: str | None = None
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}" if name else self.root
+
+    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
+        del sync_dir  # no fsync on fsspec file systems
+        final = self._path(name)
+        folder = final.rsplit("/", 1)[0]
+        self.fs.makedirs(folder, exist_ok=True)
+        tmp = self._path(self._tmp_name(name))
+        with self.fs.open(tmp, "wb") as f:
+            f.write(frame(payload))
+        try:
+            self.fs.mv(tmp, final)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm(tmp)
+            raise
+
+    def read_raw(self, name: str) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self._path(name)))
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise FileNotFoundError(name) from e
+            raise
+
+    def exists(self, name: str) -> bool:
+        return bool(self.fs.isfile(self._path(name)))
+
+    def _list_all(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not self.fs.exists(base):
+            return []
+        strip = self.root.lstrip("/")
+        out = []
+        for p in self.fs.find(base):
+            rel = p.lstrip("/")[len(strip) :].lstrip("/")
+            out.append(rel)
+        return out
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._path(name))
+
+    def size(self, name: str) -> int:
+        return int(self.fs.size(self._path(name)))
+
+    def acquire_lock(self) -> None:
+        self.fs.makedirs(self.root, exist_ok=True)
+        token = secrets.token_hex(8)
+        for _ in range(2):
+            try:
+                with self.fs.open(self._path(LOCK_NAME), "xb") as f:
+                    f.write(_lock_payload(token))
+            except FileExistsError:
+                info = self.lock_info() or {}
+                if info and _is_stale(info):
+                    self.delete(LOCK_NAME)
+                    continue
+                raise _refuse(self.url, info) from None
+            self._token = token
+            return
+        raise _refuse(self.url, self.lock_info() or {})
+
+    def release_lock(self) -> None:
+        if self._token is None:
+            return
+        info = self.lock_info() or {}
+        if info.get("token") == self._token:
+            self.delete(LOCK_NAME)
+        self._token = None
+
+
+def open_store(path_or_url: str | os.PathLike[str] | Store, **storage_options: Any) -> Store:
+    """A :class:`LocalStore` for plain paths, an :class:`FsspecStore` for ``scheme://`` URLs."""
+    if isinstance(path_or_url, Store):
+        return path_or_url
+    text = os.fspath(path_or_url)
+    if "://" in text:
+        return FsspecStore(text, **storage_options)
+    return LocalStore(text)
