@@ -66,6 +66,12 @@ def test_forward_is_base_plus_scaled_low_rank():
         assert not torch.allclose(lin(h), lin.base_layer(h))  # the low-rank path is live
 
 
+def test_reachable_as_dk_lora():
+    import deltackpt as dk
+
+    assert dk.lora.apply_delta_lora is apply_delta_lora
+
+
 def test_peft_init_and_default_alpha():
     m = _model()
     ctl = apply_delta_lora(m, ["7"], rank=8)
