@@ -43,12 +43,13 @@ import tempfile
 import time
 from typing import Any
 
-import deltackpt
 import torch
+from torch import nn
+
+import deltackpt
 from deltackpt._realdata import accuracy, lenet5, load_digits_32
 from deltackpt.chain import CheckpointChain, _record_name
 from deltackpt.lora import apply_delta_lora
-from torch import nn
 
 SOURCE = {  # model -> mechanism -> (ratio, space savings %, acc restored, acc full)
     "alexnet": {"LC": (8.08, 87.6, 98.4, 98.7), "LC+dLoRA": (260.0, 99.6, 95.3, 98.7)},

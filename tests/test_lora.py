@@ -13,9 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+from torch import nn  # noqa: E402
+
 from deltackpt._realdata import accuracy, lenet5, load_digits_32, train_steps  # noqa: E402
 from deltackpt.lora import LoraLayer, apply_delta_lora, find_target_modules  # noqa: E402
-from torch import nn  # noqa: E402
 
 LAM, RANK, ALPHA = 2.0, 4, 2.0  # s = 0.5 as in the source
 
