@@ -326,6 +326,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def details(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| model | mechanism | params | saves | Delta-LoRA from step | Delta-LoRA phase ratio "
+        "| stored MB | max restore depth | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ph = r.get("dlora_phase_ratio")
+        out.append(
+            f"| {NAMES.get(r['model'], r['model'])} | {r['mechanism']} | {r['params']} "
+            f"| {r['steps']} | {r.get('switch_step') if r.get('switch_step') is not None else '-'} "
+            f"| {f'{ph:.1f}x' if ph else '-'} | {r['stored_bytes'] / 1e6:.2f} "
+            f"| {r['max_restore_depth']} | {r['seconds']} |"
+        )
+    return "\n".join(out)
+
+
 def study_table(rows: list[dict[str, Any]], key: str) -> str:
     out = [f"| model | {key} | ratio | acc restored / full |", "|---|---|---|---|"]
     for r in rows:
@@ -366,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="Delta-LoRA from the first step for every model (no full-training warm-up)",
     )
+    ap.add_argument("--rows", nargs="+", default=None, help="only render these --json files")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -375,6 +393,12 @@ def main(argv: list[str] | None = None) -> None:
     work = tempfile.mkdtemp(prefix="seed_table-")
     rows: list[dict[str, Any]] = []
     studies: list[str] = []
+    if args.rows:
+        for path in args.rows:
+            with open(path) as f:
+                rows += json.load(f)
+        models = []
+        epochs = max(r["epochs"] for r in rows)
     try:
         for name in models:
             for mech in ("LC", "LC+dLoRA"):
@@ -430,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
             f"anchor_every 10, Delta-LoRA rank {args.rank}, s = 0.5, lambda = 2",
             "",
             markdown(main_rows),
+            "",
+            details(main_rows),
             "",
             *[s + "\n" for s in studies],
         ]
