@@ -201,6 +201,9 @@ def test_target_modules_conventions():
         find_target_modules(net, ["proj"])
     with pytest.raises(ValueError):
         find_target_modules(net, r"nothing")
+    apply_delta_lora(net, r".*")
+    with pytest.raises(ValueError):  # the wrappers' insides are never targets
+        apply_delta_lora(net, r".*")
 
 
 def test_adapter_files_are_peft_layout(tmp_path):

@@ -123,11 +123,17 @@ def find_target_modules(model: nn.Module, target_modules: TargetModules) -> list
     * ``"all-linear"``: every ``nn.Linear`` except the output head (the model's
       ``get_output_embeddings()`` if it has one, else the last ``nn.Linear`` defined).
 
-    Only ``nn.Linear`` and ``nn.Conv2d`` modules are selected; an explicit list or regex that
-    selects none raises ``ValueError``.
+    Only ``nn.Linear`` and ``nn.Conv2d`` modules are selected, never the inside of a
+    :class:`LoraLayer` (wrapping twice is refused); a selection that is empty raises
+    ``ValueError``.
     """
     kinds = (nn.Linear, nn.Conv2d)
-    named = [(n, m) for n, m in model.named_modules() if n and isinstance(m, kinds)]
+    wrapped = [n + "." for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    named = [
+        (n, m)
+        for n, m in model.named_modules()
+        if n and isinstance(m, kinds) and not any(n.startswith(w) for w in wrapped)
+    ]
     if isinstance(target_modules, str) and target_modules == "all-linear":
         head = _output_head(model)
         names = [n for n, m in named if isinstance(m, nn.Linear) and m is not head]
