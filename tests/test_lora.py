@@ -310,3 +310,18 @@ def test_chain_restores_effective_weights_within_bound(digits, tmp_path):
     per_step = stats["bytes_by_kind"]["step"] / stats["count_by_kind"]["step"]
     print("raw/step bytes", stats["raw_bytes"] / stats["records"] / per_step)
     assert per_step < stats["raw_bytes"] / stats["records"] / 20
+
+
+def test_switch_from_full_training_drops_frozen_state(digits):
+    xt, yt, _, _ = digits
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    train_steps(m, opt, xt[:96], yt[:96], epochs=1)
+    w7 = m[7].weight
+    assert w7 in opt.state  # momentum from full training
+    ctl = apply_delta_lora(m, "all-linear", rank=RANK, alpha=ALPHA, optimizer=opt)
+    assert w7 not in opt.state and m[0].weight in opt.state
+    st = ctl.state_dict()
+    assert torch.equal(st["7.weight"], w7)  # C = W_K while B_K = 0: same key, same value
+    train_steps(m, opt, xt[:96], yt[:96], epochs=1)
+    assert w7 not in opt.state and ctl.step_count == 3
