@@ -407,7 +407,14 @@ def main(argv: list[str] | None = None) -> None:
         for name in models:
             for mech in ("LC", "LC+dLoRA"):
                 row = run(
-                    name, mech, epochs=epochs, lr=args.lr, rank=args.rank, data=data, workdir=work
+                    name,
+                    mech,
+                    epochs=epochs,
+                    lr=args.lr,
+                    rank=args.rank,
+                    branch_acc=None if args.from_scratch else CONFIG[name][1],
+                    data=data,
+                    workdir=work,
                 )
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -415,7 +422,14 @@ def main(argv: list[str] | None = None) -> None:
             rr = []
             for r in (1, 2, 4, 8, 16):
                 row = run(
-                    "lenet5", "LC+dLoRA", epochs=epochs, lr=args.lr, rank=r, data=data, workdir=work
+                    "lenet5",
+                    "LC+dLoRA",
+                    epochs=epochs,
+                    lr=args.lr,
+                    rank=r,
+                    branch_acc=None if args.from_scratch else CONFIG["lenet5"][1],
+                    data=data,
+                    workdir=work,
                 )
                 rr.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
