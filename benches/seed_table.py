@@ -207,9 +207,8 @@ def run(
 
     ``LC+dLoRA`` first trains the whole model (LC-coded) until the validation accuracy at the
     end of an epoch reaches ``branch_acc`` (the source's branching point; None: from the
-    first step), then wraps the layers with Delta-LoRA and goes on. The checkpoint keys do
-    not change at the switch and ``C = W_K`` then (B starts at zero), so the chain goes on
-    delta-coding the base weights (no extra keyframe). All saves of the run count.
+    first step), then wraps the layers with Delta-LoRA and goes on; the first save after the
+    switch is an exact keyframe (see ``DeltaLoRA.keyframe_due``). All saves of the run count.
     """
     xt, yt, xv, yv = data
     torch.manual_seed(seed)
@@ -247,7 +246,12 @@ def run(
                 lossf(model(xt[idx]), yt[idx]).backward()
                 opt.step()  # Delta-LoRA's update runs in the optimizer's post-step hook
                 step += 1
-                chain.save(step, {"model": obj})
+                # the first Delta-LoRA save after full training is an exact keyframe: the chain
+                # then holds C = W_K exactly and later deltas of C are zero (a lossy switch
+                # leaves a residual of W that every later step pays for)
+                chain.save(
+                    step, {"model": obj}, exact=bool(switch_step) and step == switch_step + 1
+                )
             model.eval()
             if lora and ctl is None and accuracy(model, xv, yv) >= float(branch_acc or 0):
                 obj = ctl = wrap(model, opt)
@@ -386,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="Delta-LoRA from the first step for every model (no full-training warm-up)",
     )
+    ap.add_argument("--mechanisms", default="LC,LC+dLoRA", help="comma list")
     ap.add_argument("--rows", nargs="+", default=None, help="only render these --json files")
     args = ap.parse_args(argv)
     if args.threads:
@@ -405,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs = max(r["epochs"] for r in rows)
     try:
         for name in models:
-            for mech in ("LC", "LC+dLoRA"):
+            for mech in args.mechanisms.split(","):
                 row = run(
                     name,
                     mech,
