@@ -9,10 +9,13 @@ superstep budget).
 
 Mechanisms
 * ``LC``: every parameter and buffer is delta-coded by the chain.
-* ``LC+dLoRA``: Delta-LoRA (rank 8, scaling s = 0.5, lambda = 2, K = 0) on every Conv2d and
-  Linear layer except the first conv and the output head, which train fully with the biases
-  and BatchNorm parameters; the checkpoint is the controller's state (A, B, the telescoping
-  constants C = W_K - lambda*s*B_K A_K, the rest of the model), so W is rebuilt on restore.
+* ``LC+dLoRA``: Delta-LoRA (rank 8, scaling s = 0.5, lambda = 2) per ``CONFIG``: LeNet-5 on
+  its two hidden dense layers, AlexNet and VGG-16 also on every conv but the first; the
+  first conv, the output head, biases and BatchNorm train fully. LeNet-5 and VGG-16 first
+  train fully until the source's branching-point accuracy (77.75% / 72.85%, checked at the
+  end of each epoch), then switch (exact keyframe at the switch); AlexNet uses Delta-LoRA
+  from step 0. The checkpoint is the controller's state (A, B, the telescoping constants
+  C = W_K - lambda*s*B_K A_K, the rest of the model), so W is rebuilt on restore.
 
 Ratio = bytes of all checkpoints as raw fp32 state_dicts / bytes stored (chain ``stats()``);
 space savings = 1 - 1/ratio; accuracy restored = the model restored from the chain's last
