@@ -30,7 +30,9 @@ get BatchNorm after each conv (without it AlexNet does not leave chance level he
 
 Usage: ``nice python benches/seed_table.py [--quick] [--models lenet5,alexnet,vgg16]
 [--epochs N] [--json PATH] [--markdown PATH] [--vit-study] [--rank-study]``.
-``--quick``: LeNet-5 and VGG-16 only, 5 epochs (under 10 minutes on 2 cores).
+``--quick``: LeNet-5 and VGG-16 only, same protocol (about 6 minutes on 2 shared cores;
+fewer epochs would end before VGG-16 reaches its branching point). ``--threads`` defaults
+to 1 torch thread: on 2 shared cores two threads ran several times slower.
 ``--vit-study``: a small ViT (4x4 patches, dim 128, 4 blocks; AdamW lr 1e-3) under LC and
 LC+dLoRA on attention (qkv, proj), MLP (fc1, fc2) or both; ``--rank-study``: LeNet-5
 LC+dLoRA at ranks 1, 2, 4, 8, 16 (s = 0.5 throughout). ``--models none`` runs only studies.
@@ -378,7 +380,7 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="LeNet-5 and VGG-16, 5 epochs")
+    ap.add_argument("--quick", action="store_true", help="LeNet-5 and VGG-16 only")
     ap.add_argument("--models", default=None, help="comma list of lenet5,alexnet,vgg16, or none")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=0.01)
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--markdown", default=None, help="write the report here")
     ap.add_argument("--vit-study", action="store_true", help="ViT: attention / MLP / both")
     ap.add_argument("--rank-study", action="store_true", help="LeNet-5 ranks 1, 2, 4, 8, 16")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument(
         "--from-scratch",
         action="store_true",
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     models = (args.models or ("lenet5,vgg16" if args.quick else "lenet5,alexnet,vgg16")).split(",")
     models = [] if models == ["none"] else models  # only the studies
-    epochs = args.epochs or (5 if args.quick else 20)
+    epochs = args.epochs or 20
     data = load_digits_32()
     work = tempfile.mkdtemp(prefix="seed_table-")
     rows: list[dict[str, Any]] = []
