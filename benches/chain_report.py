@@ -5,9 +5,10 @@ Setup (as the source): the first 1000 training images (scikit-learn digits, 8x8 
 batch 32, SGD lr 0.01, 20 epochs, a save after every step.
 
 Source scheme, implemented here in numpy/zlib: a raw fp32 snapshot (zlib) every 10 steps
-("supersteps"); in between, per tensor, ``d_t = u_t - r_{t-1}`` (error feedback), exponent
-buckets with priority promotion (2^b - 1 kept buckets of largest exponent, bucket value the
-midpoint of its members, the rest 0), symbols gzip'ed (level 9) per step, tables as fp32.
+("supersteps"); in between ``d_t = u_t - r_{t-1}`` (error feedback) over the whole state as one
+vector in R^n (as the source), exponent buckets with priority promotion (2^b - 1 kept buckets
+of largest exponent, bucket value the midpoint of its members, the rest 0), the symbols
+gzip'ed (level 9) per step, the table as fp32. A per-tensor variant is reported too.
 
 Usage: ``python benches/chain_report.py [--epochs 20] [--out benches/results/chain.md]``
 """
@@ -39,8 +40,9 @@ if any(  # the in-tree package when built in place, else the installed one
     sys.path.insert(0, _PY)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-import deltackpt as dk  # noqa: E402
 from lenet_digits import LeNet5, accuracy, digits  # noqa: E402
+
+import deltackpt as dk  # noqa: E402
 
 State = dict[str, np.ndarray]
 
@@ -90,27 +92,42 @@ def lc_quantize(d: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return sym, table
 
 
-def source_scheme(states: list[State], bits: int, superstep: int) -> tuple[int, list[State]]:
+def source_scheme(
+    states: list[State], bits: int, superstep: int, per_tensor: bool = False
+) -> tuple[int, list[State]]:
     """Bytes stored by the source scheme and its reconstructions."""
+    keys = list(states[0])
+    shapes = {k: states[0][k].shape for k in keys}
+    sizes = [states[0][k].size for k in keys]
+    bounds = np.cumsum([0, *sizes])
+
+    def flat(st: State) -> np.ndarray:
+        return np.concatenate([st[k].reshape(-1) for k in keys]).astype(np.float32)
+
+    def unflat(v: np.ndarray) -> State:
+        return {k: v[bounds[i] : bounds[i + 1]].reshape(shapes[k]) for i, k in enumerate(keys)}
+
     total = 0
     recon: list[State] = []
-    r: State = {}
-    for t, u in enumerate(states):
+    r = flat(states[0])
+    for t, st in enumerate(states):
+        u = flat(st)
         if t % superstep == 0:
-            blob = b"".join(v.astype(np.float32).tobytes() for v in u.values())
-            total += len(zlib.compress(blob, 6))
-            r = {k: v.copy() for k, v in u.items()}
+            total += len(zlib.compress(u.tobytes(), 6))
+            r = u.copy()
         else:
-            syms, nr = [], {}
-            for k, v in u.items():
-                d = v - r[k]
-                s, table = lc_quantize(d, bits)
+            parts = (
+                [(a, b) for a, b in zip(bounds[:-1], bounds[1:])] if per_tensor else [(0, u.size)]
+            )
+            syms, nr = [], np.empty_like(r)
+            for a, b in parts:
+                s, table = lc_quantize(u[a:b] - r[a:b], bits)
                 syms.append(s)
                 total += table.nbytes
-                nr[k] = (r[k] + table[s].reshape(v.shape)).astype(np.float32)
+                nr[a:b] = r[a:b] + table[s]
             total += len(zlib.compress(np.concatenate(syms).tobytes(), 9))
             r = nr
-        recon.append(r)
+        recon.append(unflat(r))
     return total, recon
 
 
@@ -186,12 +203,13 @@ def main() -> None:
     acc_trained = accuracy(trained, *val)
 
     rows = []
-    for sbits in sorted({args.bits, max(args.bits - 1, 1)}, reverse=True):
-        src_bytes, src_recon = source_scheme(states, sbits, 10)
+    for sbits, per_tensor in ((args.bits, False), (args.bits, True)):
+        src_bytes, src_recon = source_scheme(states, sbits, 10, per_tensor)
         src_err = rel_errors(states, src_recon)
         rows.append(
             {
-                "name": f"source scheme (fp32 snapshot every 10 + LC b={sbits} + gzip)",
+                "name": f"source scheme (fp32 snapshot every 10 + LC b={sbits} + gzip)"
+                + (", buckets per tensor" if per_tensor else ""),
                 "bytes": src_bytes,
                 "ratio": raw / src_bytes,
                 "mean_err": statistics.fmean(src_err),
@@ -209,14 +227,7 @@ def main() -> None:
         (f"chain b={b}, anchor_every=10 (defaults)", {"bits": b}),
         (f"chain b={b}, async_save", {"bits": b, "async_save": True}),
         (f"chain b={b}, coder=gzip", {"bits": b, "coder": "gzip"}),
-        (
-            f"chain b={max(b - 1, 1)} steps, b={b} anchors",
-            {"bits": max(b - 1, 1), "anchor_bits": b},
-        ),
-        (
-            f"chain b={max(b - 1, 1)} steps, b={b} anchors, coder=gzip",
-            {"bits": max(b - 1, 1), "anchor_bits": b, "coder": "gzip"},
-        ),
+        (f"chain b={b}, scope=tensor (buckets per tensor)", {"bits": b, "scope": "tensor"}),
     ]
     details = {}
     for i, (name, kw) in enumerate(configs):
@@ -295,8 +306,11 @@ def main() -> None:
         "",
         "Notes: relative error is ||u_t - r_t|| / ||u_t|| over the whole state at each step "
         "(r_t = the restored state), averaged over all steps. Save time includes copying the "
-        "state, encoding, writing with fsync and committing; with async_save it is the time "
-        "save() blocks the training loop. Restore time is a fresh read of each step.",
+        "state, encoding, writing with fsync and committing. The states are precomputed and saved "
+        "back to back, so async_save has nothing to overlap here (each save() waits for the "
+        "previous one); in a training loop it overlaps one training step. Restore time is a "
+        "fresh read of each step from a reader (page cache warm). Accuracy is on the 797 "
+        "held-out digits, of the final step restored from each scheme.",
     ]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 import deltackpt as dk
 
-CODERS = ["auto", "raw", "zstd", "gzip"]
+CODERS = ["auto", "raw", "tans", "huffman", "lz77", "zstd", "gzip"]
 
 
 @pytest.mark.parametrize("coder", CODERS)

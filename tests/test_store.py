@@ -205,3 +205,19 @@ def test_kill_during_writes_leaves_only_complete_files(tmp_path: Path) -> None:
         store.remove_temporaries()
         assert not [n for n in store._list_all("f") if TMP_MARKER in n]
         store.release_lock()
+
+
+def test_empty_lock_left_by_a_writer_killed_mid_acquire_is_recovered(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "e")
+    store.acquire_lock()
+    store.release_lock()
+    Path(store._path(LOCK_NAME)).write_bytes(b"")  # O_EXCL create done, content never written
+    store.acquire_lock()
+    info = store.lock_info()
+    assert info is not None and info["pid"] == os.getpid()
+    store.release_lock()
+    garbage = LocalStore(tmp_path / "g")
+    Path(tmp_path / "g").mkdir()
+    Path(garbage._path(LOCK_NAME)).write_text('{"pid": 1, "host": "elsewhere", "time": "x"}')
+    with pytest.raises(dk.LockedError, match="since \\?"):
+        garbage.acquire_lock()

@@ -15,6 +15,11 @@ Kinds and levels. ``n`` counts the saves since the last keyframe on the branch:
   coded with ``anchor_bits`` (default ``bits + 1``) against the latest record of level ``>= L``.
 * **step** (level 0): coded with ``bits`` against the previous record.
 
+Priority promotion (keep the ``2^bits - 1`` buckets of largest exponent, zero the rest) is
+applied over the whole state by default (``scope="state"``, LC-checkpoint's delta in R^n):
+elements outside the kept buckets are given their reference value before the per-tensor
+encode, so each tensor keeps its own bucket table and entropy coder.
+
 Restoring the record with ordinal ``n`` applies ``1 + digit_sum(n, base=anchor_every)`` blobs per
 tensor (keyframe, then the anchors of each level, then at most ``anchor_every - 1`` steps): with
 ``anchor_every=10`` and ``keyframe_every=1000`` at most 28. The writer keeps one reconstruction
@@ -63,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from ._api import decode, encode
-from .errors import CorruptDataError, NonFiniteError, UnsupportedError
+from .errors import CorruptDataError, DeltackptError, NonFiniteError, UnsupportedError
 from .store import Store, open_store
 
 FORMAT = "deltackpt-chain"
@@ -276,6 +281,84 @@ def _check_finite(leaf: _Leaf) -> None:
         )
 
 
+def _as_numpy(x: Any) -> np.ndarray:
+    """A float32/float64 numpy view or copy of a host tensor (bf16/fp16 widened to float32)."""
+    if isinstance(x, np.ndarray):
+        return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+    torch = _torch()
+    if x.dtype in (torch.float32, torch.float64):
+        return x.numpy()
+    return x.float().numpy()
+
+
+def _bucket_keys(d: np.ndarray) -> np.ndarray:
+    """Per element ``sign << E | biased exponent`` from the IEEE bits (float32 or float64)."""
+    if d.dtype == np.float32:
+        return d.reshape(-1).view(np.uint32) >> np.uint32(23)
+    return d.reshape(-1).view(np.uint64) >> np.uint64(52)
+
+
+def _kept_buckets(hist: np.ndarray, bits: int, exp_bits: int) -> tuple[int, int | None]:
+    """Priority promotion over a histogram of bucket keys (``sign << exp_bits | exponent``).
+
+    Keeps the ``2^bits - 1`` non-empty (sign, exponent) buckets of largest exponent (negative
+    first on a tie); the biased exponent 0 (zeros, subnormals) is never kept. Returns
+    ``(e_min, sign_min)``: every bucket of exponent > e_min is kept, and at e_min the buckets of
+    both signs (``sign_min`` None) or only of sign ``sign_min``. e_min = 0 keeps nothing.
+    """
+    n_exp = 1 << exp_bits
+    exps = np.arange(hist.size) % n_exp
+    signs = np.arange(hist.size) // n_exp
+    present = np.flatnonzero((hist > 0) & (exps > 0))
+    order = present[np.lexsort((-signs[present], -exps[present]))][: (1 << bits) - 1]
+    if order.size == 0:
+        return n_exp, None  # nothing to keep
+    e_min = int(exps[order[-1]])
+    kept_at_min = {int(signs[o]) for o in order if exps[o] == e_min}
+    present_at_min = {int(signs[o]) for o in present if exps[o] == e_min}
+    if kept_at_min == present_at_min:
+        return e_min, None
+    return e_min, kept_at_min.pop()
+
+
+def _promote_globally(xs: list[Any], refs: list[Any], bits: int) -> list[Any]:
+    """LC-checkpoint's priority promotion over the whole state (delta in R^n).
+
+    The buckets kept are chosen over all tensors together; the elements of other buckets take
+    their reference's value (a zero delta), so each tensor's own quantizer (its own table and
+    coder) only sees kept buckets. Error feedback carries what was dropped to the next save.
+    """
+    by_kind: dict[Any, list[int]] = {}
+    deltas = [_as_numpy(x) - _as_numpy(r) for x, r in zip(xs, refs)]
+    keys = [_bucket_keys(d) for d in deltas]
+    for i, d in enumerate(deltas):
+        by_kind.setdefault(d.dtype, []).append(i)
+    out = list(xs)
+    for dtype, idx in by_kind.items():
+        exp_bits = 8 if dtype == np.float32 else 11
+        hist = sum(np.bincount(keys[i], minlength=2 << exp_bits) for i in idx)
+        e_min, sign_min = _kept_buckets(np.asarray(hist), bits, exp_bits)
+        kdt = keys[idx[0]].dtype.type
+        for i in idx:
+            exp = keys[i] & kdt((1 << exp_bits) - 1)
+            if sign_min is None:
+                mask = exp >= kdt(e_min)
+            else:
+                sign = keys[i] >> kdt(exp_bits)
+                mask = (exp > kdt(e_min)) | ((exp == kdt(e_min)) & (sign == kdt(sign_min)))
+            if mask.all():
+                continue
+            mask = mask.reshape(deltas[i].shape)
+            x, r = xs[i], refs[i]
+            if isinstance(x, np.ndarray):
+                out[i] = np.where(mask, x, r)
+            elif x.dtype in (_torch().float32, _torch().float64):
+                out[i] = _torch().from_numpy(np.where(mask, x.numpy(), r.numpy()))
+            else:
+                out[i] = _torch().where(_torch().from_numpy(mask), x, r)
+    return out
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -410,6 +493,20 @@ class CheckpointChain:
     a stale lock of a dead process on this host is recovered); ``mode="r"`` only reads and never
     needs the lock. Use it as a context manager, or call :meth:`close`.
 
+    >>> import numpy as np, deltackpt as dk
+    >>> w = np.linspace(-1, 1, 5000, dtype=np.float32)
+    >>> with dk.CheckpointChain("memory://doc-chain", anchor_every=4) as chain:
+    ...     for step in range(6):
+    ...         chain.save(step, {"w": w + 0.01 * step, "epoch": step // 3})
+    ...     chain.branch_point("before-slot-2")
+    ...     state = chain.restore(3)
+    ...     exact = chain.rollback("before-slot-2")
+    ...     (state["epoch"], chain.steps(), chain.branch)
+    5
+    (1, [0, 1, 2, 3, 4, 5], 'before-slot-2.1')
+    >>> bool((exact["w"] == w + 0.01 * 5).all())
+    True
+
     Parameters: ``bits`` of the exponent quantizer for steps; ``anchor_every`` (S) the anchor
     period, each level multiplying it; ``keyframe_every`` steps between periodic exact
     keyframes (None: only the first save, branch points and ``exact=True``);
@@ -417,7 +514,11 @@ class CheckpointChain:
     (default ``bits + 1``); ``max_to_keep`` / ``keep_every`` retention on the current branch
     (records that a kept step, a branch point or the writer depends on are never deleted, and
     stay listed); ``async_save`` encodes and writes in one background thread (one save in
-    flight); ``group_below`` tensors with fewer elements share one file per save; ``coder``
+    flight); ``scope="state"`` chooses the kept exponent buckets over the whole state (model
+    and optimizer separately), as LC-checkpoint quantizes the delta in R^n, while each tensor
+    keeps its own table and coder; ``scope="tensor"`` chooses them per tensor (more precise
+    for tensors with small updates, denser, larger);
+    ``group_below`` tensors with fewer elements share one file per save; ``coder``
     is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in parallel on restore.
     """
 
@@ -436,6 +537,7 @@ class CheckpointChain:
         mode: str = "a",
         group_below: int = 4096,
         coder: str = "auto",
+        scope: str = "state",
         threads: int | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -454,6 +556,9 @@ class CheckpointChain:
         self.keep_every = keep_every
         self.group_below = group_below
         self.coder = coder
+        if scope not in ("state", "tensor"):
+            raise ValueError("scope must be 'state' (LC-checkpoint) or 'tensor'")
+        self.scope = scope
         self.mode = mode
         self.threads = threads or min(4, os.cpu_count() or 1)
         self.store = open_store(path_or_url, **(storage_options or {}))
@@ -697,6 +802,24 @@ class CheckpointChain:
         meta: dict[str, tuple[str, str, tuple[int, ...]]] = {}
         written: list[str] = []
         raw_total = 0
+        promoted: dict[str, Any] = {}
+        if base_lv is not None and self.scope == "state":
+            for opt in (False, True):  # model and optimizer state have their own buckets
+                batch = [
+                    lf
+                    for lf in snap.leaves
+                    if lf.optimizer == opt
+                    and lf.is_float
+                    and lf.numel >= 2
+                    and base_lv.meta.get(lf.path) == (lf.lib, lf.dtype, tuple(lf.shape))
+                ]
+                if batch:
+                    b = self.optimizer_bits if opt else self.bits
+                    if level > 0:
+                        b = min(b + (self.anchor_bits - self.bits), 8)
+                    refs = [base_lv.recon[lf.path] for lf in batch]
+                    xs = _promote_globally([lf.value for lf in batch], refs, b)
+                    promoted.update({lf.path: x for lf, x in zip(batch, xs)})
         try:
             for leaf in snap.leaves:
                 x = leaf.value
@@ -715,7 +838,11 @@ class CheckpointChain:
                     ref = base_lv.recon[leaf.path]
                     try:
                         blob = encode(
-                            x, reference=ref, quantizer="exponent", bits=b, coder=self.coder
+                            promoted.get(leaf.path, x),
+                            reference=ref,
+                            quantizer="exponent",
+                            bits=b,
+                            coder=self.coder,
                         )
                     except NonFiniteError as e:
                         raise type(e)(f"tensor {leaf.path}: {e}") from e
@@ -990,7 +1117,10 @@ class CheckpointChain:
 
     def _restore_rid(self, rid: RecId) -> Any:
         rec = self._record(rid)
-        sch = self._schema(rec.schema)
+        try:
+            sch = self._schema(rec.schema)
+        except FileNotFoundError as e:
+            raise _corrupt(f"record {rid} names a missing schema {rec.schema}") from e
         tensors, _ = self._decode_tensors(rec, sch, list(range(len(sch.tensors))))
         try:
             return _rebuild(sch.tree, rec.values, tensors)
@@ -1023,7 +1153,15 @@ class CheckpointChain:
         jobs = [(i, sch.tensors[i]["path"]) for i in idx]
 
         def one(i: int) -> Any:
-            return self._decode_one(rec, sch.tensors[i], cache)
+            try:
+                return self._decode_one(rec, sch.tensors[i], cache)
+            except DeltackptError:
+                raise
+            except FileNotFoundError as e:
+                raise _corrupt(f"record {rec.rid} depends on a missing file: {e}") from e
+            except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
+                # a checksummed but malformed (forged) record or schema: never a crash
+                raise _corrupt(f"record {rec.rid}, tensor {i}: {type(e).__name__}: {e}") from e
 
         if len(jobs) > 1 and self.threads > 1:
             with cf.ThreadPoolExecutor(self.threads) as pool:
@@ -1082,6 +1220,28 @@ class CheckpointChain:
         if (meta["lib"] == "torch") != _is_torch(x):
             raise _corrupt(f"tensor {path}: decoded the wrong array kind")
         return x
+
+    def verify(self, *, decode_all: bool = False) -> dict[str, str]:
+        """Check every committed record; return ``{"branch/step": error}`` for the bad ones.
+
+        Reads and checksums each record, its schema and data files; with ``decode_all`` also
+        restores every step (slower, decodes every blob along every chain).
+        """
+        self._raise_pending()
+        bad: dict[str, str] = {}
+        for rid in sorted(self._all_records(), key=lambda r: (r[0], r[1])):
+            try:
+                rec = self._record(rid)
+                self._schema(rec.schema)
+                for name in rec.files:
+                    self.store.read(name)
+                if rec.base is not None:
+                    self._record(rec.base)
+                if decode_all:
+                    self._restore_rid(rid)
+            except (DeltackptError, OSError) as e:
+                bad[f"{rid[0]}/{rid[1]}"] = f"{type(e).__name__}: {e}"
+        return bad
 
     def stats(self) -> dict[str, Any]:
         """Bytes stored by kind, raw bytes of all saves, ratio, and max restore depth."""

@@ -19,7 +19,9 @@ holding ``{"pid", "host", "time", "token"}``. A second writer is refused with
 :class:`LockedError`. A lock left by a dead process on the same host is stale and is replaced; for
 local stores the check-and-replace is serialised with ``flock`` on ``LOCK.guard`` (the kernel
 releases it when its holder dies) so two writers recovering the same stale lock cannot both win.
-Readers never take the lock.
+Readers never take the lock. Under the guard, an empty lock (a writer killed between creating
+and filling it) is stale too. fsspec stores have no guard: a stale lock there is replaced after
+a plain check (dead pid on this host), and an empty one must be removed by hand.
 
 File framing (all integers little-endian)::
 
@@ -182,9 +184,13 @@ class Store:
 
 
 def _refuse(url: str, info: dict[str, Any]) -> LockedError:
+    try:
+        since = time.ctime(float(info.get("time", 0)))
+    except (TypeError, ValueError):
+        since = "?"
     return LockedError(
         f"chain {url} is locked by another writer (pid {info.get('pid')} on host "
-        f"{info.get('host')!r} since {time.ctime(info.get('time', 0))}); readers may open it "
+        f"{info.get('host')!r} since {since}); readers may open it "
         f"with mode='r'; if that writer is gone for good, remove the file {LOCK_NAME}"
     )
 
@@ -285,7 +291,9 @@ class LocalStore(Store):
                     fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 except FileExistsError:
                     info = self.lock_info() or {}
-                    if info and _is_stale(info):
+                    # Under the guard, an empty or unreadable lock can only be left by a writer
+                    # that died between creating and filling it: as stale as a dead pid.
+                    if not info or _is_stale(info):
                         os.unlink(lock)  # safe: breakers are serialised by the guard
                         continue
                     raise _refuse(self.url, info) from None

@@ -183,6 +183,9 @@ fn coder_id(c: Coder) -> u8 {
         Coder::Raw => 1,
         Coder::Zstd => 2,
         Coder::Gzip => 3,
+        Coder::Tans => 4,
+        Coder::Huffman => 5,
+        Coder::Lz77 => 6,
     }
 }
 
@@ -192,6 +195,9 @@ fn coder_from_id(id: u8) -> Result<Coder> {
         1 => Coder::Raw,
         2 => Coder::Zstd,
         3 => Coder::Gzip,
+        4 => Coder::Tans,
+        5 => Coder::Huffman,
+        6 => Coder::Lz77,
         other => {
             return Err(Error::Unsupported(format!(
                 "coder id {other} is unknown to this build; upgrade deltackpt"

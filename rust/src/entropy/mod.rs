@@ -3,24 +3,42 @@
 //! Every coder turns a `&[u8]` of symbols into a self-describing stream and back:
 //! [`encode`] writes a one-byte coder id, the symbol count, then the coder's payload;
 //! [`decode`] reads any such stream. Decoders are total: arbitrary bytes give either the
-//! original symbols or [`Error::Corrupt`], never a panic and never an unbounded allocation.
+//! original symbols or [`Error::Corrupt`] / [`Error::Unsupported`], never a panic and never
+//! an allocation the input cannot justify.
+//!
+//! The crate's own coders ([`Coder::Tans`], [`Coder::Huffman`], [`Coder::Lz77`] and
+//! [`Coder::Auto`]) cut the stream into independent chunks ([`chunks`]) that are coded in
+//! parallel; `Auto` picks per chunk among raw, run-length, tANS ([`tans`], order 0 or with the
+//! previous symbol and an auto-detected "row above" as context), Huffman ([`huffman`]) and
+//! zero-run tokens ([`runs`]), from histogram estimates. zstd and deflate are baselines, used
+//! only when asked for. The byte layout is described in `docs/ENTROPY_FORMAT.md`.
 //!
 //! ```
 //! use deltackpt::entropy::{self, Coder};
 //! let symbols: Vec<u8> = (0..10_000u32).map(|i| if i % 17 == 0 { 3 } else { 0 }).collect();
-//! let blob = entropy::encode(&symbols, Coder::Zstd).unwrap();
-//! assert!(blob.len() < symbols.len() / 10);
-//! assert_eq!(entropy::decode(&blob).unwrap(), symbols);
+//! for coder in [Coder::Auto, Coder::Tans, Coder::Zstd] {
+//!     let blob = entropy::encode(&symbols, coder).unwrap();
+//!     assert!(blob.len() < symbols.len() / 10);
+//!     assert_eq!(entropy::decode(&blob).unwrap(), symbols);
+//! }
 //! ```
 
 mod baseline;
+pub mod bitio;
+pub mod chunks;
+pub mod huffman;
+pub mod lz77;
+pub mod runs;
+pub mod simd;
+pub mod tans;
 
 use crate::error::{Error, Result};
 
 /// Which coder to use for a symbol stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Coder {
-    /// Pick the smallest representation.
+    /// Pick, per chunk, the smallest of the crate's own representations (raw, run-length,
+    /// tANS, context tANS, Huffman, zero-run tokens) from histogram-based size estimates.
     Auto,
     /// Store the bytes as they are.
     Raw,
@@ -28,6 +46,12 @@ pub enum Coder {
     Zstd,
     /// Deflate (gzip's coder, baseline), level 6.
     Gzip,
+    /// tANS in independent chunks ([`tans`], [`chunks`]).
+    Tans,
+    /// Canonical Huffman in independent chunks ([`huffman`], [`chunks`]).
+    Huffman,
+    /// LZ77 with entropy-coded literals, lengths and distances ([`lz77`]).
+    Lz77,
 }
 
 impl Coder {
@@ -38,9 +62,12 @@ impl Coder {
             "raw" => Coder::Raw,
             "zstd" => Coder::Zstd,
             "gzip" => Coder::Gzip,
+            "tans" => Coder::Tans,
+            "huffman" => Coder::Huffman,
+            "lz77" => Coder::Lz77,
             other => {
                 return Err(Error::invalid(format!(
-                    "unknown coder {other:?}; expected one of \"auto\", \"raw\", \"zstd\", \"gzip\""
+                    "unknown coder {other:?}; expected one of \"auto\", \"raw\", \"tans\", \"huffman\", \"lz77\", \"zstd\", \"gzip\""
                 )))
             }
         })
@@ -53,6 +80,9 @@ impl Coder {
             Coder::Raw => "raw",
             Coder::Zstd => "zstd",
             Coder::Gzip => "gzip",
+            Coder::Tans => "tans",
+            Coder::Huffman => "huffman",
+            Coder::Lz77 => "lz77",
         }
     }
 }
@@ -61,6 +91,7 @@ impl Coder {
 const ID_RAW: u8 = 0;
 const ID_ZSTD: u8 = 1;
 const ID_GZIP: u8 = 2;
+const ID_CHUNKED: u8 = 3;
 
 /// Encode `symbols` with `coder` into a self-describing stream.
 pub fn encode(symbols: &[u8], coder: Coder) -> Result<Vec<u8>> {
@@ -71,37 +102,62 @@ pub fn encode(symbols: &[u8], coder: Coder) -> Result<Vec<u8>> {
 
 /// Encode `symbols` with `coder`, appending the stream to `out`.
 pub fn encode_into(symbols: &[u8], coder: Coder, out: &mut Vec<u8>) -> Result<()> {
-    let start = out.len();
     match coder {
         Coder::Raw => {
             out.push(ID_RAW);
             put_len(out, symbols.len());
             out.extend_from_slice(symbols);
         }
-        Coder::Zstd => {
-            out.push(ID_ZSTD);
+        Coder::Zstd => encode_zstd(symbols, 3, out)?,
+        Coder::Gzip => encode_gzip(symbols, 6, out)?,
+        Coder::Auto | Coder::Tans | Coder::Huffman | Coder::Lz77 => {
+            out.push(ID_CHUNKED);
             put_len(out, symbols.len());
-            baseline::zstd_encode(symbols, 3, out)?;
-        }
-        Coder::Gzip => {
-            out.push(ID_GZIP);
-            put_len(out, symbols.len());
-            baseline::deflate_encode(symbols, 6, out)?;
-        }
-        Coder::Auto => {
-            encode_into(symbols, Coder::Zstd, out)?;
-            if out.len() - start > symbols.len() + 1 + 8 {
-                out.truncate(start);
-                encode_into(symbols, Coder::Raw, out)?;
-            }
+            chunks::encode(symbols, coder, out)?;
         }
     }
     Ok(())
 }
 
+/// Encode `symbols` with zstd at `level` (baseline), appending a self-describing stream.
+pub fn encode_zstd(symbols: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
+    out.push(ID_ZSTD);
+    put_len(out, symbols.len());
+    baseline::zstd_encode(symbols, level, out)
+}
+
+/// Encode `symbols` with deflate at `level` (0..=9, baseline), appending a self-describing
+/// stream.
+pub fn encode_gzip(symbols: &[u8], level: u32, out: &mut Vec<u8>) -> Result<()> {
+    out.push(ID_GZIP);
+    put_len(out, symbols.len());
+    baseline::deflate_encode(symbols, level, out)
+}
+
 /// Decode a stream written by [`encode`].
 pub fn decode(data: &[u8]) -> Result<Vec<u8>> {
-    let (n, _) = peek_len(data)?;
+    let (n, body) = peek_len(data)?;
+    // Refuse to allocate for counts the payload cannot possibly describe.
+    let plausible = match data[0] {
+        ID_RAW => body.len() == n,
+        ID_CHUNKED => chunks::can_hold(body, n),
+        // Deflate expands at most ~1032:1, zstd ~32768:1 (one RLE block per few bytes).
+        ID_GZIP => n as u128 <= (body.len() as u128 + 1) * 1032,
+        ID_ZSTD => {
+            n as u128 <= (body.len() as u128 + 1) * 32768 + (1 << 17)
+                && zstd::zstd_safe::get_frame_content_size(body)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|c| c == n as u64)
+        }
+        id => return Err(unknown_id(id)),
+    };
+    if !plausible {
+        return Err(Error::corrupt(format!(
+            "stream declares {n} symbols but its {} payload bytes cannot hold them",
+            body.len()
+        )));
+    }
     let mut out = try_alloc(n)?;
     decode_into(data, &mut out)?;
     Ok(out)
@@ -131,10 +187,15 @@ pub fn decode_into(data: &[u8], out: &mut [u8]) -> Result<()> {
         }
         ID_ZSTD => baseline::zstd_decode(body, out),
         ID_GZIP => baseline::deflate_decode(body, out),
-        id => Err(Error::Unsupported(format!(
-            "unknown symbol coder id {id}; this stream was written by a newer deltackpt"
-        ))),
+        ID_CHUNKED => chunks::decode(body, out),
+        id => Err(unknown_id(id)),
     }
+}
+
+fn unknown_id(id: u8) -> Error {
+    Error::Unsupported(format!(
+        "unknown symbol coder id {id}; this stream was written by a newer deltackpt"
+    ))
 }
 
 fn put_len(out: &mut Vec<u8>, n: usize) {
