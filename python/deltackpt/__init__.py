@@ -38,3 +38,12 @@ __all__ = [
     "CheckpointChain",
     "LockedError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``dk.lora`` on first use: it needs torch, which the rest of the package does not."""
+    if name == "lora":
+        import importlib
+
+        return importlib.import_module(".lora", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
