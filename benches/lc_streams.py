@@ -12,6 +12,7 @@ Usage: lc_streams.py [MINILM_OUT_DIR] [LENET_OUT_DIR]
 
 One file ``<tensor name>.u8`` per tensor holds one symbol per element (C order).
 """
+
 import inspect
 import os
 import sys
@@ -62,7 +63,13 @@ def write_streams(out_dir, before, after):
 
 
 def docstrings(limit=64):
-    import collections, json, os as _os, re, string, textwrap
+    import collections
+    import json
+    import os as _os
+    import re
+    import string
+    import textwrap
+
     docs = []
     for mod in (collections, json, _os, re, string, textwrap, inspect):
         for _, obj in inspect.getmembers(mod):

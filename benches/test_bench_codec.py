@@ -78,3 +78,21 @@ def test_zstd3_decode_weights(benchmark, minilm_weights):
     blob = zstandard.ZstdCompressor(level=3).compress(w.tobytes())
     d = zstandard.ZstdDecompressor()
     run(benchmark, lambda: d.decompress(blob), w.nbytes)
+
+
+def test_lossless_encode_weights_bf16(benchmark, minilm_weights):
+    import torch
+
+    w = torch.from_numpy(minilm_weights).to(torch.bfloat16)
+    blob = run(benchmark, lambda: dk.encode(w, quantizer="none"), w.numel() * 2)
+    benchmark.extra_info["bits_per_weight"] = round(len(blob) * 8 / w.numel(), 3)
+    assert torch.equal(dk.decode(blob).view(torch.int16), w.view(torch.int16))
+
+
+def test_zstd3_weights_bf16(benchmark, minilm_weights):
+    import torch
+
+    raw = torch.from_numpy(minilm_weights).to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+    c = zstandard.ZstdCompressor(level=3)
+    blob = run(benchmark, lambda: c.compress(raw), len(raw))
+    benchmark.extra_info["bits_per_weight"] = round(len(blob) * 8 / (len(raw) // 2), 3)

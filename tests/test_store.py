@@ -12,8 +12,9 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import deltackpt as dk
 import pytest
+
+import deltackpt as dk
 from deltackpt.store import (
     LOCK_NAME,
     TMP_MARKER,

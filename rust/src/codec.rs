@@ -125,8 +125,11 @@ pub fn encode(x: Tensor<'_>, reference: Option<&[u8]>, opts: &EncodeOptions) -> 
             )));
         }
     }
-    if opts.chunk_elems == 0 {
-        return Err(Error::invalid("chunk_elems must be positive"));
+    if opts.chunk_elems == 0 || opts.chunk_elems as u64 > format::MAX_CHUNK_ELEMS {
+        return Err(Error::invalid(format!(
+            "chunk_elems must be in 1..={}",
+            format::MAX_CHUNK_ELEMS
+        )));
     }
     let mut header = Header {
         dtype: x.dtype,
@@ -292,6 +295,7 @@ pub fn inspect(blob: &[u8]) -> Result<Header> {
 /// against the fingerprint stored in the blob).
 pub fn decode(blob: &[u8], reference: Option<&[u8]>) -> Result<Decoded> {
     let (header, chunks) = format::read(blob)?;
+    check_plausible(&header, &chunks)?;
     let n = header.numel()? as usize;
     let mut data = entropy::try_alloc(n * header.dtype.size())?;
     decode_parsed(&header, &chunks, reference, &mut data)?;
@@ -303,9 +307,33 @@ pub fn decode(blob: &[u8], reference: Option<&[u8]>) -> Result<Decoded> {
     })
 }
 
+/// Refuse blobs whose chunks cannot hold the symbols they declare, before allocating the
+/// output (a forged shape would otherwise ask for any amount of memory).
+fn check_plausible(header: &Header, chunks: &[&[u8]]) -> Result<()> {
+    let stream_len = header.stream_len()? as usize;
+    let per_chunk = header.chunk_elems as usize;
+    for (i, c) in chunks.iter().enumerate() {
+        let want = per_chunk.min(stream_len - i * per_chunk);
+        let streams: Vec<&[u8]> = if header.quantizer == Quantizer::None {
+            lossless::plane_streams(c, header.dtype.size())?
+        } else {
+            vec![c]
+        };
+        for s in streams {
+            if entropy::plausible_len(s)? != want {
+                return Err(Error::corrupt(format!(
+                    "chunk {i} holds a stream of the wrong length (expected {want} symbols)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Decode a blob into `out` (which must hold exactly the tensor's bytes); returns the header.
 pub fn decode_into(blob: &[u8], reference: Option<&[u8]>, out: &mut [u8]) -> Result<Header> {
     let (header, chunks) = format::read(blob)?;
+    check_plausible(&header, &chunks)?;
     let n = header.numel()? as usize;
     if out.len() != n * header.dtype.size() {
         return Err(Error::invalid(format!(

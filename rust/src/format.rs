@@ -21,6 +21,9 @@ pub const MAGIC: &[u8; 4] = b"DKPT";
 /// The container version this build writes and reads.
 pub const VERSION: u8 = 1;
 
+/// Largest chunk size (elements) a blob may declare; keeps chunk byte offsets far from overflow.
+pub const MAX_CHUNK_ELEMS: u64 = 1 << 40;
+
 /// Flag bit: the blob is a delta against a reference.
 pub const FLAG_REFERENCE: u8 = 1;
 /// Flag bit: kept buckets hold their midpoint (not their mean); informational.
@@ -344,10 +347,13 @@ pub fn read(blob: &[u8]) -> Result<(Header, Vec<&[u8]>)> {
     };
     let numel = header.numel()?;
     let stream_len = header.stream_len()?;
+    if chunk_elems == 0 || chunk_elems > MAX_CHUNK_ELEMS {
+        return Err(Error::corrupt(format!(
+            "chunk size {chunk_elems} is outside 1..={MAX_CHUNK_ELEMS}"
+        )));
+    }
     let expected_chunks = if stream_len == 0 {
         0
-    } else if chunk_elems == 0 {
-        return Err(Error::corrupt("chunk size is zero"));
     } else {
         stream_len.div_ceil(chunk_elems)
     };

@@ -2,6 +2,9 @@
 use deltackpt::{decode, encode, Coder, DType, EncodeOptions, Error, Quantizer, Tensor};
 use proptest::prelude::*;
 
+#[path = "../fuzz/fuzz_targets/bodies.rs"]
+mod bodies;
+
 fn opts(q: Quantizer, bits: u8, chunk: usize) -> EncodeOptions {
     EncodeOptions {
         quantizer: q,
@@ -115,4 +118,51 @@ fn non_finite_names_the_first_index() {
         }
     ));
     assert!(err.to_string().contains("quantizer=\"none\""));
+}
+
+#[test]
+fn tensor_fuzz_body_is_total_on_mutated_blobs() {
+    let values: Vec<f32> = (0..3000)
+        .map(|i| ((i as f32) * 0.13).sin() * 1e-2)
+        .collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let x = Tensor {
+        dtype: DType::F32,
+        shape: &[30, 100],
+        data: &bytes,
+    };
+    let mut seeds = Vec::new();
+    for q in [
+        Quantizer::None,
+        Quantizer::Exponent,
+        Quantizer::Uniform,
+        Quantizer::Lattice,
+    ] {
+        for coder in [Coder::Auto, Coder::Tans, Coder::Huffman, Coder::Lz77] {
+            let o = EncodeOptions {
+                coder,
+                lattice_iters: 5,
+                ..opts(q, 3, 700)
+            };
+            seeds.push(encode(x, None, &o).unwrap());
+        }
+    }
+    let mut s = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    for i in 0..3000 {
+        let mut b = seeds[i % seeds.len()].clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % b.len() as u64) as usize;
+            b[at] = next() as u8;
+        }
+        if next() % 5 == 0 {
+            b.truncate((next() % b.len() as u64) as usize);
+        }
+        bodies::tensor_decode(&b);
+    }
 }

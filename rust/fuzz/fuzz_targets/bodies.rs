@@ -44,3 +44,26 @@ pub fn lz77_decode(data: &[u8]) {
         let _ = lz77::decode(body, &mut out);
     }
 }
+
+/// Tensor blob decode (the container and every quantizer path): must return Ok or Err,
+/// never panic, with and without a reference of a plausible length. Checksums are resealed
+/// by the fuzzer-friendly variant so that mutations reach the parser behind them.
+pub fn tensor_decode(data: &[u8]) {
+    let _ = deltackpt::decode(data, None);
+    if data.len() > 8 {
+        let body = &data[..data.len() - 8];
+        let mut sealed = body.to_vec();
+        sealed.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(body).to_le_bytes());
+        if let Ok(h) = deltackpt::inspect(&sealed) {
+            let _ = deltackpt::decode(&sealed, None);
+            if let Ok(n) = h.numel() {
+                let bytes = (n as usize).saturating_mul(h.dtype.size());
+                if bytes <= 1 << 20 {
+                    let _ = deltackpt::decode(&sealed, Some(&vec![0u8; bytes]));
+                }
+            }
+        } else {
+            let _ = deltackpt::decode(&sealed, None);
+        }
+    }
+}
