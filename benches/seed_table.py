@@ -204,6 +204,7 @@ def run(
     rank: int = 8,
     targets: Any = None,
     branch_acc: float | None = None,
+    scope: str = "state",
     data: Any,
     workdir: str,
     seed: int = 0,
@@ -241,7 +242,7 @@ def run(
     g = torch.Generator().manual_seed(seed)
     step = 0
     lossf = nn.functional.cross_entropy
-    with CheckpointChain(path, bits=3, anchor_every=10) as chain:
+    with CheckpointChain(path, bits=3, anchor_every=10, scope=scope) as chain:
         for _ in range(epochs):
             model.train()
             order = torch.randperm(len(xt), generator=g)
@@ -395,6 +396,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="Delta-LoRA from the first step for every model (no full-training warm-up)",
     )
+    ap.add_argument(
+        "--scope",
+        default="state",
+        help="chain priority-promotion scope: state (LC-checkpoint, default) or tensor",
+    )
     ap.add_argument("--mechanisms", default="LC,LC+dLoRA", help="comma list")
     ap.add_argument("--rows", nargs="+", default=None, help="only render these --json files")
     args = ap.parse_args(argv)
@@ -423,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
                     lr=args.lr,
                     rank=args.rank,
                     branch_acc=None if args.from_scratch else CONFIG[name][1],
+                    scope=args.scope,
                     data=data,
                     workdir=work,
                 )
@@ -479,7 +486,8 @@ def main(argv: list[str] | None = None) -> None:
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- machine: {machine()}; deltackpt {deltackpt.__version__}",
             f"- epochs {epochs}, batch 32, SGD lr {args.lr} momentum 0.9, bits 3, "
-            f"anchor_every 10, Delta-LoRA rank {args.rank}, s = 0.5, lambda = 2",
+            f"anchor_every 10, scope {args.scope}, Delta-LoRA rank {args.rank}, s = 0.5, "
+            "lambda = 2",
             "",
             markdown(main_rows),
             "",
