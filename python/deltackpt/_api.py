@@ -23,6 +23,7 @@ def encode(
     dim: int = 3,
     iters: int = 400,
     seed: int = 0,
+    bucket_floor: tuple[int, int | None] | None = None,
 ) -> bytes:
     """Compress a numpy array or torch tensor (float32/float64/float16/bfloat16) to bytes.
 
@@ -34,7 +35,10 @@ def encode(
     the source paper). ``"uniform"`` quantizes the delta on 2^bits − 1 levels centred on 0
     (``symmetric=False``: affine, 2^bits levels); ``"lattice"`` cuts it into blocks of ``dim``
     values quantized with Babai's nearest plane on a basis searched for this tensor
-    (``iters`` perturbations, ``seed``; the basis is stored in the blob).
+    (``iters`` perturbations, ``seed``; the basis is stored in the blob). ``bucket_floor``
+    ``(biased exponent, sign or None)`` stops the exponent quantizer from keeping buckets below
+    a limit chosen elsewhere (the chain chooses it over a whole state, see
+    :func:`delta_histogram`).
     """
     raw = to_raw(x, "x")
     ref = None
@@ -55,7 +59,20 @@ def encode(
         dim=dim,
         lattice_iters=iters,
         seed=seed,
+        floor_exponent=None if bucket_floor is None else bucket_floor[0],
+        floor_sign=None if bucket_floor is None else bucket_floor[1],
     )
+
+
+def delta_histogram(x: Any, reference: Any = None) -> Any:
+    """Counts of the delta's (sign, biased exponent) keys: ``sign << E | exponent`` with E = 8
+    bits for float32/float16/bfloat16 (computed in float32), 11 for float64."""
+    raw = to_raw(x, "x")
+    ref = None
+    if reference is not None:
+        ref = to_raw(reference, "reference")
+        check_reference(raw, ref)
+    return _core.delta_histogram(raw.data, raw.dtype, raw.shape, None if ref is None else ref.data)
 
 
 def decode(blob: bytes, *, reference: Any = None) -> Any:

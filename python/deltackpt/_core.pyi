@@ -21,7 +21,15 @@ def encode(
     dim: int = 3,
     lattice_iters: int = 400,
     seed: int = 0,
+    floor_exponent: int | None = None,
+    floor_sign: int | None = None,
 ) -> bytes: ...
+def delta_histogram(
+    data: npt.NDArray[np.uint8],
+    dtype: str,
+    shape: list[int],
+    reference: npt.NDArray[np.uint8] | None = None,
+) -> npt.NDArray[np.uint64]: ...
 def decode(
     blob: bytes, reference: npt.NDArray[np.uint8] | None = None
 ) -> tuple[str, list[int], int, npt.NDArray[np.uint8]]: ...

@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from ._api import decode, encode
+from ._api import decode, delta_histogram, encode
 from .errors import CorruptDataError, DeltackptError, NonFiniteError, UnsupportedError
 from .store import Store, open_store
 
@@ -281,23 +281,6 @@ def _check_finite(leaf: _Leaf) -> None:
         )
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    """A float32/float64 numpy view or copy of a host tensor (bf16/fp16 widened to float32)."""
-    if isinstance(x, np.ndarray):
-        return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
-    torch = _torch()
-    if x.dtype in (torch.float32, torch.float64):
-        return x.numpy()
-    return x.float().numpy()
-
-
-def _bucket_keys(d: np.ndarray) -> np.ndarray:
-    """Per element ``sign << E | biased exponent`` from the IEEE bits (float32 or float64)."""
-    if d.dtype == np.float32:
-        return d.reshape(-1).view(np.uint32) >> np.uint32(23)
-    return d.reshape(-1).view(np.uint64) >> np.uint64(52)
-
-
 def _kept_buckets(hist: np.ndarray, bits: int, exp_bits: int) -> tuple[int, int | None]:
     """Priority promotion over a histogram of bucket keys (``sign << exp_bits | exponent``).
 
@@ -321,42 +304,24 @@ def _kept_buckets(hist: np.ndarray, bits: int, exp_bits: int) -> tuple[int, int 
     return e_min, kept_at_min.pop()
 
 
-def _promote_globally(xs: list[Any], refs: list[Any], bits: int) -> list[Any]:
+def _global_floors(xs: list[Any], refs: list[Any], bits: int) -> list[tuple[int, int | None]]:
     """LC-checkpoint's priority promotion over the whole state (delta in R^n).
 
-    The buckets kept are chosen over all tensors together; the elements of other buckets take
-    their reference's value (a zero delta), so each tensor's own quantizer (its own table and
-    coder) only sees kept buckets. Error feedback carries what was dropped to the next save.
+    The buckets kept are chosen over all tensors together from the histograms of their deltas'
+    (sign, exponent) keys (computed in the core); each tensor is then encoded with the
+    resulting floor, so its own quantizer (its own table and coder) keeps only buckets of the
+    global choice. Error feedback carries what was dropped to the next save.
     """
-    by_kind: dict[Any, list[int]] = {}
-    deltas = [_as_numpy(x) - _as_numpy(r) for x, r in zip(xs, refs)]
-    keys = [_bucket_keys(d) for d in deltas]
-    for i, d in enumerate(deltas):
-        by_kind.setdefault(d.dtype, []).append(i)
-    out = list(xs)
-    for dtype, idx in by_kind.items():
-        exp_bits = 8 if dtype == np.float32 else 11
-        hist = sum(np.bincount(keys[i], minlength=2 << exp_bits) for i in idx)
-        e_min, sign_min = _kept_buckets(np.asarray(hist), bits, exp_bits)
-        kdt = keys[idx[0]].dtype.type
+    hists = [delta_histogram(x, r) for x, r in zip(xs, refs)]
+    floors: list[tuple[int, int | None]] = [(0, None)] * len(xs)
+    for size in {h.size for h in hists}:
+        idx = [i for i, h in enumerate(hists) if h.size == size]
+        exp_bits = 8 if size == 512 else 11
+        total = np.sum([hists[i] for i in idx], axis=0)
+        floor = _kept_buckets(total, bits, exp_bits)
         for i in idx:
-            exp = keys[i] & kdt((1 << exp_bits) - 1)
-            if sign_min is None:
-                mask = exp >= kdt(e_min)
-            else:
-                sign = keys[i] >> kdt(exp_bits)
-                mask = (exp > kdt(e_min)) | ((exp == kdt(e_min)) & (sign == kdt(sign_min)))
-            if mask.all():
-                continue
-            mask = mask.reshape(deltas[i].shape)
-            x, r = xs[i], refs[i]
-            if isinstance(x, np.ndarray):
-                out[i] = np.where(mask, x, r)
-            elif x.dtype in (_torch().float32, _torch().float64):
-                out[i] = _torch().from_numpy(np.where(mask, x.numpy(), r.numpy()))
-            else:
-                out[i] = _torch().where(_torch().from_numpy(mask), x, r)
-    return out
+            floors[i] = floor
+    return floors
 
 
 # --------------------------------------------------------------------------- records
@@ -802,7 +767,7 @@ class CheckpointChain:
         meta: dict[str, tuple[str, str, tuple[int, ...]]] = {}
         written: list[str] = []
         raw_total = 0
-        promoted: dict[str, Any] = {}
+        floors: dict[str, tuple[int, int | None]] = {}
         if base_lv is not None and self.scope == "state":
             for opt in (False, True):  # model and optimizer state have their own buckets
                 batch = [
@@ -818,8 +783,8 @@ class CheckpointChain:
                     if level > 0:
                         b = min(b + (self.anchor_bits - self.bits), 8)
                     refs = [base_lv.recon[lf.path] for lf in batch]
-                    xs = _promote_globally([lf.value for lf in batch], refs, b)
-                    promoted.update({lf.path: x for lf, x in zip(batch, xs)})
+                    fl = _global_floors([lf.value for lf in batch], refs, b)
+                    floors.update({lf.path: f for lf, f in zip(batch, fl)})
         try:
             for leaf in snap.leaves:
                 x = leaf.value
@@ -838,11 +803,12 @@ class CheckpointChain:
                     ref = base_lv.recon[leaf.path]
                     try:
                         blob = encode(
-                            promoted.get(leaf.path, x),
+                            x,
                             reference=ref,
                             quantizer="exponent",
                             bits=b,
                             coder=self.coder,
+                            bucket_floor=floors.get(leaf.path),
                         )
                     except NonFiniteError as e:
                         raise type(e)(f"tensor {leaf.path}: {e}") from e

@@ -8,7 +8,7 @@ use crate::float::{self, DType};
 use crate::format::{self, Header, Quantizer, FLAG_MIDPOINT, FLAG_REFERENCE};
 use crate::lossless;
 use crate::parallel;
-use crate::quant::exponent::{self, BucketValue, ExpFloat};
+use crate::quant::exponent::{self, BucketFloor, BucketValue, ExpFloat};
 use crate::quant::lattice::FindBasisOptions;
 use crate::scalar;
 
@@ -62,6 +62,8 @@ pub struct EncodeOptions {
     pub lattice_iters: usize,
     /// Lattice quantizer: seed of the basis search.
     pub seed: u64,
+    /// Exponent quantizer: buckets below this floor are never kept (see [`BucketFloor`]).
+    pub bucket_floor: Option<BucketFloor>,
 }
 
 impl Default for EncodeOptions {
@@ -77,6 +79,7 @@ impl Default for EncodeOptions {
             dim: 3,
             lattice_iters: FindBasisOptions::default().iters,
             seed: 0,
+            bucket_floor: None,
         }
     }
 }
@@ -246,15 +249,27 @@ fn encode_exponent(
     let symbols = if x.dtype == DType::F64 {
         let d = delta_f64(x.data, reference, opts.chunk_elems);
         let mut s = vec![0u8; d.len()];
-        let table = exponent::quantize_into(&d, opts.bits, opts.bucket_value, &mut s)
-            .map_err(with_context)?;
+        let table = exponent::quantize_into_floor(
+            &d,
+            opts.bits,
+            opts.bucket_value,
+            &mut s,
+            opts.bucket_floor,
+        )
+        .map_err(with_context)?;
         write_table(&table, params);
         s
     } else {
         let d = delta_f32(x.dtype, x.data, reference, opts.chunk_elems);
         let mut s = vec![0u8; d.len()];
-        let table = exponent::quantize_into(&d, opts.bits, opts.bucket_value, &mut s)
-            .map_err(with_context)?;
+        let table = exponent::quantize_into_floor(
+            &d,
+            opts.bits,
+            opts.bucket_value,
+            &mut s,
+            opts.bucket_floor,
+        )
+        .map_err(with_context)?;
         write_table(&table, params);
         s
     };
@@ -284,6 +299,25 @@ impl TableBytes for f64 {
     fn put(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
     }
+}
+
+/// Histogram of the (sign, biased exponent) keys of the working-precision delta
+/// `x − reference` (or `x`): 512 bins for 16/32-bit dtypes, 4096 for float64. Used to choose
+/// the kept buckets over a whole model state ([`EncodeOptions::bucket_floor`]).
+pub fn delta_histogram(x: Tensor<'_>, reference: Option<&[u8]>) -> Result<Vec<u64>> {
+    let n = numel(x.shape)?;
+    if x.data.len() != n * x.dtype.size() || reference.is_some_and(|r| r.len() != x.data.len()) {
+        return Err(Error::invalid(
+            "tensor and reference sizes do not match the shape",
+        ));
+    }
+    Ok(parallel::install(|| {
+        if x.dtype == DType::F64 {
+            exponent::key_histogram(&delta_f64(x.data, reference, DEFAULT_CHUNK_ELEMS))
+        } else {
+            exponent::key_histogram(&delta_f32(x.dtype, x.data, reference, DEFAULT_CHUNK_ELEMS))
+        }
+    }))
 }
 
 /// Read a blob's header without decoding its payload (the checksum is verified).

@@ -31,7 +31,9 @@ pub mod parallel;
 pub mod quant;
 mod scalar;
 
-pub use codec::{decode, decode_into, encode, inspect, Decoded, EncodeOptions, Tensor};
+pub use codec::{
+    decode, decode_into, delta_histogram, encode, inspect, Decoded, EncodeOptions, Tensor,
+};
 pub use entropy::Coder;
 pub use error::{Error, Result};
 pub use float::DType;

@@ -59,7 +59,7 @@ fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
 }
 
 #[pyfunction]
-#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0, symmetric=true, dim=3, lattice_iters=400, seed=0))]
+#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0, symmetric=true, dim=3, lattice_iters=400, seed=0, floor_exponent=None, floor_sign=None))]
 #[allow(clippy::too_many_arguments)]
 fn encode<'py>(
     py: Python<'py>,
@@ -76,6 +76,8 @@ fn encode<'py>(
     dim: usize,
     lattice_iters: usize,
     seed: u64,
+    floor_exponent: Option<u16>,
+    floor_sign: Option<u8>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let opts = EncodeOptions {
         quantizer: Quantizer::from_name(quantizer).map_err(DkError)?,
@@ -87,6 +89,10 @@ fn encode<'py>(
         dim,
         lattice_iters,
         seed,
+        bucket_floor: floor_exponent.map(|exponent| exponent::BucketFloor {
+            exponent,
+            sign: floor_sign,
+        }),
         ..Default::default()
     };
     let dtype = DType::from_name(dtype).map_err(DkError)?;
@@ -116,6 +122,27 @@ fn decode<'py>(
         d.tag,
         PyArray1::from_vec(py, d.data),
     ))
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, dtype, shape, reference=None))]
+fn delta_histogram<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray1<'py, u8>,
+    dtype: &str,
+    shape: Vec<u64>,
+    reference: Option<PyReadonlyArray1<'py, u8>>,
+) -> PyResult<Bound<'py, PyArray1<u64>>> {
+    let dtype = DType::from_name(dtype).map_err(DkError)?;
+    let data = data.as_slice()?;
+    let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
+    let x = Tensor {
+        dtype,
+        shape: &shape,
+        data,
+    };
+    let h = without_gil(py, || deltackpt::delta_histogram(x, reference)).map_err(DkError)?;
+    Ok(PyArray1::from_vec(py, h))
 }
 
 #[pyfunction]
@@ -351,6 +378,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(delta_histogram, m)?)?;
     m.add_function(wrap_pyfunction!(codec_encode, m)?)?;
     m.add_function(wrap_pyfunction!(codec_decode, m)?)?;
     m.add_function(wrap_pyfunction!(quant_exponent_f32, m)?)?;

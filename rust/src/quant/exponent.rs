@@ -219,12 +219,56 @@ pub fn quantize<T: ExpFloat>(x: &[T], bits: u8, value: BucketValue) -> Result<(V
     Ok((symbols, table))
 }
 
+/// A lower limit on the buckets that may be kept, decided elsewhere (for example over a whole
+/// model state, as LC-checkpoint's priority promotion does): buckets of biased exponent below
+/// `exponent` are never kept, and at `exponent` only the sign `sign` (0 positive, 1 negative)
+/// when given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketFloor {
+    /// Smallest biased exponent field that may be kept.
+    pub exponent: u16,
+    /// At `exponent`, the only sign that may be kept (`None`: both).
+    pub sign: Option<u8>,
+}
+
 /// [`quantize`] writing the symbols into `symbols` (same length as `x`).
 pub fn quantize_into<T: ExpFloat>(
     x: &[T],
     bits: u8,
     value: BucketValue,
     symbols: &mut [u8],
+) -> Result<Vec<T>> {
+    quantize_into_floor(x, bits, value, symbols, None)
+}
+
+/// Histogram of the (sign, biased exponent) keys of `x` (`T::KEYS` bins), in the crate pool.
+pub fn key_histogram<T: ExpFloat>(x: &[T]) -> Vec<u64> {
+    let parts: Vec<Vec<u64>> = x
+        .par_chunks(CHUNK)
+        .map(|c| {
+            let mut h = vec![0u64; T::KEYS];
+            for v in c {
+                h[v.key()] += 1;
+            }
+            h
+        })
+        .collect();
+    let mut h = vec![0u64; T::KEYS];
+    for p in &parts {
+        for (a, b) in h.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    h
+}
+
+/// [`quantize_into`] with an optional [`BucketFloor`] limiting which buckets may be kept.
+pub fn quantize_into_floor<T: ExpFloat>(
+    x: &[T],
+    bits: u8,
+    value: BucketValue,
+    symbols: &mut [u8],
+    floor: Option<BucketFloor>,
 ) -> Result<Vec<T>> {
     let slots = check_bits(bits)?;
     assert_eq!(x.len(), symbols.len(), "one symbol per element");
@@ -254,7 +298,8 @@ pub fn quantize_into<T: ExpFloat>(
     // Exponent field 0 (zeros and subnormals) is never kept.
     let mut lut = vec![0u8; T::KEYS];
     let mut table = Vec::with_capacity(slots);
-    'outer: for e in (1..T::EXP_SPECIAL).rev() {
+    let lowest = floor.map_or(1, |f| (f.exponent as usize).max(1));
+    'outer: for e in (lowest..T::EXP_SPECIAL).rev() {
         let (p, n) = (e, neg | e);
         let order = if stats.count[n] > stats.count[p] {
             [n, p]
@@ -264,6 +309,15 @@ pub fn quantize_into<T: ExpFloat>(
         for k in order {
             if stats.count[k] == 0 {
                 continue;
+            }
+            if let Some(BucketFloor {
+                exponent,
+                sign: Some(sign),
+            }) = floor
+            {
+                if e == exponent as usize && (k & neg != 0) != (sign == 1) {
+                    continue;
+                }
             }
             if table.len() == slots {
                 break 'outer;
