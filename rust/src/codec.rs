@@ -245,34 +245,37 @@ fn encode_exponent(
     opts: &EncodeOptions,
     params: &mut Vec<u8>,
 ) -> Result<Vec<Vec<u8>>> {
-    let with_context = |e: Error| with_delta_context(e, reference.is_some());
+    // Quantize the working-precision delta; the table goes to the blob's parameters.
+    fn quantize<T: ExpFloat + TableBytes>(
+        d: &[T],
+        opts: &EncodeOptions,
+        params: &mut Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let mut s = vec![0u8; d.len()];
+        let table = exponent::quantize_into_floor(
+            d,
+            opts.bits,
+            opts.bucket_value,
+            &mut s,
+            opts.bucket_floor,
+        )?;
+        write_table(&table, params);
+        Ok(s)
+    }
     let symbols = if x.dtype == DType::F64 {
-        let d = delta_f64(x.data, reference, opts.chunk_elems);
-        let mut s = vec![0u8; d.len()];
-        let table = exponent::quantize_into_floor(
-            &d,
-            opts.bits,
-            opts.bucket_value,
-            &mut s,
-            opts.bucket_floor,
+        quantize(
+            &delta_f64(x.data, reference, opts.chunk_elems),
+            opts,
+            params,
         )
-        .map_err(with_context)?;
-        write_table(&table, params);
-        s
     } else {
-        let d = delta_f32(x.dtype, x.data, reference, opts.chunk_elems);
-        let mut s = vec![0u8; d.len()];
-        let table = exponent::quantize_into_floor(
-            &d,
-            opts.bits,
-            opts.bucket_value,
-            &mut s,
-            opts.bucket_floor,
+        quantize(
+            &delta_f32(x.dtype, x.data, reference, opts.chunk_elems),
+            opts,
+            params,
         )
-        .map_err(with_context)?;
-        write_table(&table, params);
-        s
-    };
+    }
+    .map_err(|e| with_delta_context(e, reference.is_some()))?;
     symbols
         .par_chunks(opts.chunk_elems)
         .map(|c| entropy::encode(c, opts.coder))
