@@ -204,6 +204,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if w > 1:
         dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=r, world_size=w)
+    finished = False
     try:
         if mode == "train":
             train(r, w, chain, out)
@@ -219,8 +220,13 @@ def main() -> None:
             resume(r, w, chain, out, int(arg))
         else:
             raise SystemExit(f"unknown mode {mode}")
+        finished = True
     finally:
         if w > 1 and dist.is_initialized():
+            if finished and not mode.startswith("crash-"):
+                # Leave together: a rank tearing gloo down while its peer still holds the
+                # connection can make the peer's gloo abort the process at exit.
+                dist.barrier()
             dist.destroy_process_group()
 
 
