@@ -206,14 +206,13 @@ fn codec_decode<'py>(py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyArra
     Ok(PyArray1::from_vec(py, v))
 }
 
-#[pyfunction]
-#[pyo3(signature = (delta, bits=3, bucket_value="mean"))]
-fn quant_exponent_f32<'py>(
+/// The exponent quantizer for either float width (the two pyfunctions below are its faces).
+fn quant_exponent<'py, T: exponent::ExpFloat + numpy::Element>(
     py: Python<'py>,
-    delta: PyReadonlyArray1<'py, f32>,
+    delta: PyReadonlyArray1<'py, T>,
     bits: u8,
     bucket_value: &str,
-) -> PyResult<SymbolsTable<'py, f32>> {
+) -> PyResult<SymbolsTable<'py, T>> {
     let value = BucketValue::from_name(bucket_value).map_err(DkError)?;
     let x = delta.as_slice()?;
     let (s, t) = without_gil(py, || {
@@ -225,19 +224,24 @@ fn quant_exponent_f32<'py>(
 
 #[pyfunction]
 #[pyo3(signature = (delta, bits=3, bucket_value="mean"))]
+fn quant_exponent_f32<'py>(
+    py: Python<'py>,
+    delta: PyReadonlyArray1<'py, f32>,
+    bits: u8,
+    bucket_value: &str,
+) -> PyResult<SymbolsTable<'py, f32>> {
+    quant_exponent(py, delta, bits, bucket_value)
+}
+
+#[pyfunction]
+#[pyo3(signature = (delta, bits=3, bucket_value="mean"))]
 fn quant_exponent_f64<'py>(
     py: Python<'py>,
     delta: PyReadonlyArray1<'py, f64>,
     bits: u8,
     bucket_value: &str,
 ) -> PyResult<SymbolsTable<'py, f64>> {
-    let value = BucketValue::from_name(bucket_value).map_err(DkError)?;
-    let x = delta.as_slice()?;
-    let (s, t) = without_gil(py, || {
-        deltackpt::parallel::install(|| exponent::quantize(x, bits, value))
-    })
-    .map_err(DkError)?;
-    Ok((PyArray1::from_vec(py, s), PyArray1::from_vec(py, t)))
+    quant_exponent(py, delta, bits, bucket_value)
 }
 
 #[pyfunction]
