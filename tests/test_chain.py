@@ -613,3 +613,35 @@ def test_global_priority_promotion_matches_the_lc_rule() -> None:
         want = np.array([di != 0 and (int(ei), bool(di < 0)) in kept for ei, di in zip(e, d)])
         got = np.concatenate([o != 0 for o in out])  # kept buckets decode to non-zero values
         assert np.array_equal(got, want), trial
+
+
+def test_a_failed_save_leaves_the_writer_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save that fails after coding its deltas (the writer's references are updated in
+    place) must not leave later saves coded against a wrong reference."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(50_000, generator=g)
+    truth = {}
+    with dk.CheckpointChain(tmp_path / "c", anchor_every=100) as chain:
+        for s in range(6):
+            w = w + 1e-3 * torch.randn(50_000, generator=g)
+            if s == 3:
+                real = chain.store.write
+
+                def disk_full(name: str, data: bytes, _real: Any = real, **kw: Any) -> None:
+                    if name.endswith(".grp"):  # written after every tensor is coded
+                        raise OSError(28, "No space left on device")
+                    _real(name, data, **kw)
+
+                monkeypatch.setattr(chain.store, "write", disk_full)
+                with pytest.raises(OSError, match="space"):
+                    chain.save(s, {"w": w.clone()})
+                monkeypatch.undo()
+            chain.save(s, {"w": w.clone()})
+            truth[s] = w.clone()
+    with dk.CheckpointChain(tmp_path / "c", mode="r") as chain:
+        assert chain.steps() == list(range(6))
+        for s, u in truth.items():
+            r = chain.restore(s)["w"]  # a wrong reference would raise ReferenceMismatchError
+            assert float((r - u).norm() / u.norm()) < 0.01

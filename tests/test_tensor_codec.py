@@ -159,3 +159,34 @@ def test_real_weights_lossless_beats_zstd():
         ours += len(blob)
         zstd += len(zstandard.ZstdCompressor(level=3).compress(w.tobytes()))
     assert ours < zstd < raw
+
+
+@pytest.mark.parametrize("dtype,width", [(np.float32, 32), (np.float64, 64), (np.float16, 16)])
+@pytest.mark.parametrize("quantizer", ["exponent", "uniform", "none"])
+@given(data=st.data(), bits=st.integers(2, 8))
+def test_reconstruction_is_what_decode_returns(dtype, width, quantizer, data, bits):
+    x = data.draw(finite_floats(dtype, width))
+    ref = data.draw(arrays(dtype, x.shape, elements=st.floats(-1e4, 1e4, width=width)))
+    out = np.full_like(x, np.nan)
+    blob = dk.encode(x, reference=ref, quantizer=quantizer, bits=bits, reconstruction=out)
+    assert blob == dk.encode(x, reference=ref, quantizer=quantizer, bits=bits)
+    assert same_bits(out, dk.decode(blob, reference=ref))
+    # In place: the reference itself becomes the reconstruction.
+    state = ref.copy()
+    assert (
+        dk.encode(x, reference=state, quantizer=quantizer, bits=bits, reconstruction=state) == blob
+    )
+    assert same_bits(state, out)
+
+
+def test_torch_reconstruction_in_place_and_bad_buffers():
+    g = torch.Generator().manual_seed(1)
+    ref = torch.randn(300, 7, generator=g).to(torch.bfloat16)
+    x = ref + 0.01 * torch.randn(300, 7, generator=g).to(torch.bfloat16)
+    state = ref.clone()
+    blob = dk.encode(x, reference=state, bits=3, reconstruction=state)
+    assert torch.equal(state, dk.decode(blob, reference=ref))
+    with pytest.raises(dk.InvalidArgumentError, match="contiguous"):
+        dk.encode(x, reference=ref, reconstruction=torch.empty(7, 300, dtype=torch.bfloat16).t())
+    with pytest.raises(dk.InvalidArgumentError, match="must match"):
+        dk.encode(x, reference=ref, reconstruction=torch.empty(300, 7))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _core
-from ._tensors import check_reference, from_raw, to_raw
+from ._tensors import check_reference, from_raw, out_raw, to_raw
 
 QUANTIZERS = ("none", "exponent", "uniform", "lattice")
 CODERS = ("auto", "raw", "tans", "huffman", "lz77", "zstd", "gzip")
@@ -24,6 +24,7 @@ def encode(
     iters: int = 400,
     seed: int = 0,
     bucket_floor: tuple[int, int | None] | None = None,
+    reconstruction: Any = None,
 ) -> bytes:
     """Compress a numpy array or torch tensor (float32/float64/float16/bfloat16) to bytes.
 
@@ -39,12 +40,21 @@ def encode(
     ``(biased exponent, sign or None)`` stops the exponent quantizer from keeping buckets below
     a limit chosen elsewhere (the chain chooses it over a whole state, see
     :func:`delta_histogram`).
+
+    ``reconstruction``, a writable contiguous CPU array or tensor of ``x``'s dtype and shape,
+    receives exactly what ``decode(blob, reference=reference)`` will return (the state to carry
+    forward for error feedback), computed in the encoding pass rather than by decoding. It may
+    be ``reference`` itself: the reference is then updated in place (no second buffer).
     """
     raw = to_raw(x, "x")
     ref = None
     if reference is not None:
         ref = to_raw(reference, "reference")
         check_reference(raw, ref)
+    out = None if reconstruction is None else out_raw(reconstruction, raw)
+    in_place = out is not None and reconstruction is reference
+    if in_place:
+        ref = out  # the core writes through this view of the reference
     return _core.encode(
         raw.data,
         raw.dtype,
@@ -61,6 +71,8 @@ def encode(
         seed=seed,
         floor_exponent=None if bucket_floor is None else bucket_floor[0],
         floor_sign=None if bucket_floor is None else bucket_floor[1],
+        reconstruction=None if out is None or in_place else out.data,
+        update_reference=in_place,
     )
 
 

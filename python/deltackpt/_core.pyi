@@ -23,6 +23,8 @@ def encode(
     seed: int = 0,
     floor_exponent: int | None = None,
     floor_sign: int | None = None,
+    reconstruction: npt.NDArray[np.uint8] | None = None,
+    update_reference: bool = False,
 ) -> bytes: ...
 def delta_histogram(
     data: npt.NDArray[np.uint8],

@@ -94,6 +94,26 @@ def check_reference(x: Raw, ref: Raw) -> None:
         )
 
 
+def out_raw(out: Any, like: Raw, what: str = "reconstruction") -> Raw:
+    """View a caller's output buffer as raw bytes that the core writes into (never a copy)."""
+    contiguous_cpu = (
+        out.device.type == "cpu" and out.is_contiguous()
+        if is_torch(out)
+        else isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable
+    )
+    if not contiguous_cpu:
+        raise InvalidArgumentError(
+            f"{what} must be a writable, contiguous CPU numpy array or torch tensor"
+        )
+    raw = to_raw(out, what)
+    if raw.dtype != like.dtype or raw.shape != like.shape:
+        raise InvalidArgumentError(
+            f"{what} is {raw.dtype} {tuple(raw.shape)}; it must match the tensor "
+            f"({like.dtype} {tuple(like.shape)})"
+        )
+    return raw
+
+
 def _numpy_dtype(name: str) -> Any:
     if name == "bfloat16":
         try:

@@ -1,5 +1,8 @@
 //! Tensor encode/decode: the container around quantizers and entropy coders.
 
+use std::cell::Cell;
+use std::thread::LocalKey;
+
 use rayon::prelude::*;
 
 use crate::entropy::{self, Coder};
@@ -8,7 +11,7 @@ use crate::float::{self, DType};
 use crate::format::{self, Header, Quantizer, FLAG_MIDPOINT, FLAG_REFERENCE};
 use crate::lossless;
 use crate::parallel;
-use crate::quant::exponent::{self, BucketFloor, BucketValue, ExpFloat};
+use crate::quant::exponent::{self, BucketFloor, BucketPlan, BucketStats, BucketValue, ExpFloat};
 use crate::quant::lattice::FindBasisOptions;
 use crate::scalar;
 
@@ -105,6 +108,94 @@ fn numel(shape: &[u64]) -> Result<usize> {
 /// assert_eq!(decode(&blob, None).unwrap().data, bytes);
 /// ```
 pub fn encode(x: Tensor<'_>, reference: Option<&[u8]>, opts: &EncodeOptions) -> Result<Vec<u8>> {
+    encode_inner(x, Target::Plain(reference), opts)
+}
+
+/// [`encode`], also writing into `reconstruction` (`x.data.len()` bytes) exactly what
+/// [`decode`]`(blob, reference)` will return: the state to carry forward for error feedback,
+/// without a decoding pass. For the exponent quantizer it is produced in the same pass as the
+/// symbols.
+///
+/// ```
+/// use deltackpt::{decode, encode_reconstruct, DType, EncodeOptions, Tensor};
+/// let prev: Vec<u8> = (0..512).flat_map(|i| (i as f32).sin().to_le_bytes()).collect();
+/// let next: Vec<u8> = (0..512).flat_map(|i| ((i as f32).sin() + 0.01).to_le_bytes()).collect();
+/// let x = Tensor { dtype: DType::F32, shape: &[512], data: &next };
+/// let mut recon = vec![0u8; next.len()];
+/// let blob = encode_reconstruct(x, Some(&prev), &EncodeOptions::default(), &mut recon).unwrap();
+/// assert_eq!(decode(&blob, Some(&prev)).unwrap().data, recon);
+/// ```
+pub fn encode_reconstruct(
+    x: Tensor<'_>,
+    reference: Option<&[u8]>,
+    opts: &EncodeOptions,
+    reconstruction: &mut [u8],
+) -> Result<Vec<u8>> {
+    if reconstruction.len() != x.data.len() {
+        return Err(Error::invalid(format!(
+            "the reconstruction buffer holds {} bytes; the tensor has {}",
+            reconstruction.len(),
+            x.data.len()
+        )));
+    }
+    encode_inner(x, Target::Into(reference, reconstruction), opts)
+}
+
+/// [`encode`] `x` against `reference`, then replace `reference` by the reconstruction (what
+/// [`decode`] of the blob returns against the old reference): one error-feedback step in
+/// place, without a second tensor-sized buffer.
+///
+/// ```
+/// use deltackpt::{decode, encode_update, DType, EncodeOptions, Tensor};
+/// let mut state: Vec<u8> = (0..512).flat_map(|i| (i as f32).sin().to_le_bytes()).collect();
+/// let old = state.clone();
+/// let next: Vec<u8> = (0..512).flat_map(|i| ((i as f32).sin() + 0.01).to_le_bytes()).collect();
+/// let x = Tensor { dtype: DType::F32, shape: &[512], data: &next };
+/// let blob = encode_update(x, &mut state, &EncodeOptions::default()).unwrap();
+/// assert_eq!(decode(&blob, Some(&old)).unwrap().data, state);
+/// ```
+pub fn encode_update(x: Tensor<'_>, reference: &mut [u8], opts: &EncodeOptions) -> Result<Vec<u8>> {
+    encode_inner(x, Target::Update(reference), opts)
+}
+
+/// The reference of an encode and where its reconstruction goes.
+enum Target<'a> {
+    /// No reconstruction.
+    Plain(Option<&'a [u8]>),
+    /// Reconstruction into a separate buffer.
+    Into(Option<&'a [u8]>, &'a mut [u8]),
+    /// The reference is replaced by the reconstruction.
+    Update(&'a mut [u8]),
+}
+
+impl Target<'_> {
+    fn reference(&self) -> Option<&[u8]> {
+        match self {
+            Target::Plain(r) | Target::Into(r, _) => *r,
+            Target::Update(r) => Some(r),
+        }
+    }
+
+    /// The reconstruction for paths without a fused one: lossless blobs restore `x` itself;
+    /// the scalar quantizers decode the blob once.
+    fn reconstruct_by_decoding(self, blob: &[u8], x: Tensor<'_>, lossless: bool) -> Result<()> {
+        match self {
+            Target::Plain(_) => Ok(()),
+            Target::Into(_, out) | Target::Update(out) if lossless => {
+                out.copy_from_slice(x.data);
+                Ok(())
+            }
+            Target::Into(r, out) => decode_into(blob, r, out).map(|_| ()),
+            Target::Update(r) => {
+                let base = r.to_vec();
+                decode_into(blob, Some(&base), r).map(|_| ())
+            }
+        }
+    }
+}
+
+fn encode_inner(x: Tensor<'_>, mut target: Target<'_>, opts: &EncodeOptions) -> Result<Vec<u8>> {
+    let reference = target.reference();
     let n = numel(x.shape)?;
     let size = x.dtype.size();
     if x.data.len() != n * size {
@@ -150,21 +241,31 @@ pub fn encode(x: Tensor<'_>, reference: Option<&[u8]>, opts: &EncodeOptions) -> 
     if reference.is_some() {
         header.flags |= FLAG_REFERENCE;
     }
+    if opts.quantizer == Quantizer::Exponent {
+        header.bits = opts.bits;
+        if opts.bucket_value == BucketValue::Midpoint {
+            header.flags |= FLAG_MIDPOINT;
+        }
+        let params = &mut header.params;
+        let chunks = parallel::install(|| {
+            if x.dtype == DType::F64 {
+                encode_exponent::<f64>(x, &mut target, opts, params)
+            } else {
+                encode_exponent::<f32>(x, &mut target, opts, params)
+            }
+        })?;
+        header.chunk_sizes = chunks.iter().map(|c| c.len() as u64).collect();
+        return Ok(format::write(&header, &chunks));
+    }
     let chunks = parallel::install(|| match opts.quantizer {
         Quantizer::None => lossless::encode_chunks(x.dtype, x.data, reference, opts),
-        Quantizer::Exponent => {
-            header.bits = opts.bits;
-            if opts.bucket_value == BucketValue::Midpoint {
-                header.flags |= FLAG_MIDPOINT;
-            }
-            encode_exponent(x, reference, opts, &mut header.params)
-        }
+        Quantizer::Exponent => unreachable!("coded above"),
         Quantizer::Uniform | Quantizer::Lattice => {
             header.bits = opts.bits;
             let d = if x.dtype == DType::F64 {
-                delta_f64(x.data, reference, opts.chunk_elems)
+                delta_all::<f64>(x.dtype, x.data, reference, opts.chunk_elems)
             } else {
-                let d32 = delta_f32(x.dtype, x.data, reference, opts.chunk_elems);
+                let d32 = delta_all::<f32>(x.dtype, x.data, reference, opts.chunk_elems);
                 d32.par_iter().map(|&v| v as f64).collect()
             };
             let (symbols, params) = if opts.quantizer == Quantizer::Uniform {
@@ -186,41 +287,19 @@ pub fn encode(x: Tensor<'_>, reference: Option<&[u8]>, opts: &EncodeOptions) -> 
         }
     })?;
     header.chunk_sizes = chunks.iter().map(|c| c.len() as u64).collect();
-    Ok(format::write(&header, &chunks))
+    let blob = format::write(&header, &chunks);
+    target.reconstruct_by_decoding(&blob, x, opts.quantizer == Quantizer::None)?;
+    Ok(blob)
 }
 
-/// The working-precision delta `x − reference` (or `x`).
-fn delta_f32(dtype: DType, data: &[u8], reference: Option<&[u8]>, chunk: usize) -> Vec<f32> {
+/// The working-precision delta `x − reference` (or `x`) of a whole tensor.
+fn delta_all<T: Work>(dtype: DType, data: &[u8], reference: Option<&[u8]>, chunk: usize) -> Vec<T> {
     let size = dtype.size();
-    let n = data.len() / size;
-    let mut d = vec![0f32; n];
+    let mut d = vec![T::ZERO; data.len() / size];
     d.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
         let lo = i * chunk * size;
         let hi = lo + out.len() * size;
-        float::to_f32(dtype, &data[lo..hi], out);
-        if let Some(r) = reference {
-            let mut rv = vec![0f32; out.len()];
-            float::to_f32(dtype, &r[lo..hi], &mut rv);
-            for (o, r) in out.iter_mut().zip(&rv) {
-                *o -= r;
-            }
-        }
-    });
-    d
-}
-
-fn delta_f64(data: &[u8], reference: Option<&[u8]>, chunk: usize) -> Vec<f64> {
-    let n = data.len() / 8;
-    let mut d = vec![0f64; n];
-    d.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
-        let lo = i * chunk * 8;
-        let hi = lo + out.len() * 8;
-        float::to_f64(&data[lo..hi], out);
-        if let Some(r) = reference {
-            for (o, c) in out.iter_mut().zip(r[lo..hi].chunks_exact(8)) {
-                *o -= f64::from_le_bytes(c.try_into().unwrap());
-            }
-        }
+        T::delta(dtype, &data[lo..hi], reference.map(|r| &r[lo..hi]), out);
     });
     d
 }
@@ -239,47 +318,269 @@ fn with_delta_context(e: Error, delta: bool) -> Error {
     }
 }
 
-fn encode_exponent(
+/// What the dequantized values are added to.
+#[derive(Clone, Copy)]
+enum Base<'a> {
+    /// Nothing (a blob without a reference).
+    Zero,
+    /// A reference chunk.
+    Ref(&'a [u8]),
+    /// The output buffer itself, which holds the reference (an in-place update).
+    Out,
+}
+
+impl<'a> Base<'a> {
+    fn of(reference: Option<&'a [u8]>) -> Self {
+        reference.map_or(Base::Zero, Base::Ref)
+    }
+}
+
+thread_local! {
+    static SCRATCH_F32: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static SCRATCH_F64: Cell<Vec<f64>> = const { Cell::new(Vec::new()) };
+    static SCRATCH_SYM: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// A per-thread buffer of `n` zeros, reused across chunks (fresh tensor-chunk-sized
+/// allocations cost page faults). Taken out of its slot, so a nested use (rayon may run
+/// another chunk on this thread while this one waits) just allocates.
+fn take_scratch<T: Copy + Default + 'static>(
+    key: &'static LocalKey<Cell<Vec<T>>>,
+    n: usize,
+) -> Vec<T> {
+    let mut v = key.with(|c| c.take());
+    v.clear();
+    v.resize(n, T::default());
+    v
+}
+
+fn give_scratch<T: 'static>(key: &'static LocalKey<Cell<Vec<T>>>, v: Vec<T>) {
+    key.with(|c| c.set(v));
+}
+
+/// Working precision of deltas: `f32` for the 16- and 32-bit dtypes, `f64` for float64.
+trait Work: ExpFloat + TableBytes + Default {
+    /// This type's per-thread scratch buffer.
+    const SCRATCH: &'static LocalKey<Cell<Vec<Self>>>;
+    /// `x − reference` (or `x`) for one chunk.
+    fn delta(dtype: DType, x: &[u8], reference: Option<&[u8]>, out: &mut [Self]);
+    /// Run `f` on the delta of one chunk, held in this thread's scratch buffer.
+    fn with_delta<R>(
+        dtype: DType,
+        x: &[u8],
+        reference: Option<&[u8]>,
+        f: impl FnOnce(&[Self]) -> R,
+    ) -> R {
+        let mut d = take_scratch(Self::SCRATCH, x.len() / dtype.size());
+        Self::delta(dtype, x, reference, &mut d);
+        let out = f(&d);
+        give_scratch(Self::SCRATCH, d);
+        out
+    }
+    /// Read `out.len()` elements of `dtype`.
+    fn load(dtype: DType, bytes: &[u8], out: &mut [Self]);
+    /// Write `values` as elements of `dtype` (rounding to nearest even).
+    fn store(dtype: DType, values: &[Self], out: &mut [u8]);
+
+    /// `out = base + lut[symbol]` rounded to `dtype`: the one dequantization of the exponent
+    /// quantizer, shared by decode and the encoder's reconstruction so that both give the
+    /// same bytes.
+    fn apply(dtype: DType, sym: &[u8], lut: &[Self; 256], base: Base<'_>, out: &mut [u8]) {
+        let mut v = take_scratch(Self::SCRATCH, sym.len());
+        match base {
+            Base::Zero => {}
+            Base::Ref(r) => Self::load(dtype, r, &mut v),
+            Base::Out => Self::load(dtype, out, &mut v),
+        }
+        for (v, s) in v.iter_mut().zip(sym) {
+            *v = v.add(lut[*s as usize]);
+        }
+        Self::store(dtype, &v, out);
+        give_scratch(Self::SCRATCH, v);
+    }
+}
+
+impl Work for f32 {
+    const SCRATCH: &'static LocalKey<Cell<Vec<f32>>> = &SCRATCH_F32;
+    fn delta(dtype: DType, x: &[u8], reference: Option<&[u8]>, out: &mut [f32]) {
+        let Some(r) = reference else {
+            return float::to_f32(dtype, x, out);
+        };
+        let pairs = out.iter_mut().zip(
+            x.chunks_exact(dtype.size())
+                .zip(r.chunks_exact(dtype.size())),
+        );
+        match dtype {
+            DType::F32 => {
+                for (o, (a, b)) in pairs {
+                    *o = f32::from_le_bytes(a.try_into().unwrap())
+                        - f32::from_le_bytes(b.try_into().unwrap());
+                }
+            }
+            DType::BF16 => {
+                let f = |c: &[u8]| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                for (o, (a, b)) in pairs {
+                    *o = f(a) - f(b);
+                }
+            }
+            DType::F16 => {
+                let f = |c: &[u8]| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                for (o, (a, b)) in pairs {
+                    *o = f(a) - f(b);
+                }
+            }
+            DType::F64 => unreachable!("f64 tensors are worked on as f64"),
+        }
+    }
+    fn load(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+        float::to_f32(dtype, bytes, out);
+    }
+    fn store(dtype: DType, values: &[f32], out: &mut [u8]) {
+        float::from_f32(dtype, values, out);
+    }
+    fn apply(dtype: DType, sym: &[u8], lut: &[f32; 256], base: Base<'_>, out: &mut [u8]) {
+        if dtype != DType::F32 {
+            let mut v = take_scratch(&SCRATCH_F32, sym.len());
+            match base {
+                Base::Zero => {}
+                Base::Ref(r) => float::to_f32(dtype, r, &mut v),
+                Base::Out => float::to_f32(dtype, out, &mut v),
+            }
+            for (v, s) in v.iter_mut().zip(sym) {
+                *v += lut[*s as usize];
+            }
+            float::from_f32(dtype, &v, out);
+            return give_scratch(&SCRATCH_F32, v);
+        }
+        // The hot path: one fused pass, symbol -> value (+ reference) -> bytes.
+        let get = |c: &[u8]| f32::from_le_bytes(c.try_into().unwrap());
+        let outs = out.chunks_exact_mut(4).zip(sym);
+        match base {
+            Base::Ref(r) => {
+                for ((o, s), rc) in outs.zip(r.chunks_exact(4)) {
+                    o.copy_from_slice(&(get(rc) + lut[*s as usize]).to_le_bytes());
+                }
+            }
+            Base::Out => {
+                for (o, s) in outs {
+                    let v = get(o) + lut[*s as usize];
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            Base::Zero => {
+                for (o, s) in outs {
+                    o.copy_from_slice(&lut[*s as usize].to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+impl Work for f64 {
+    const SCRATCH: &'static LocalKey<Cell<Vec<f64>>> = &SCRATCH_F64;
+    fn delta(_: DType, x: &[u8], reference: Option<&[u8]>, out: &mut [f64]) {
+        float::to_f64(x, out);
+        if let Some(r) = reference {
+            for (o, c) in out.iter_mut().zip(r.chunks_exact(8)) {
+                *o -= f64::from_le_bytes(c.try_into().unwrap());
+            }
+        }
+    }
+    fn load(_: DType, bytes: &[u8], out: &mut [f64]) {
+        float::to_f64(bytes, out);
+    }
+    fn store(_: DType, values: &[f64], out: &mut [u8]) {
+        float::from_f64(values, out);
+    }
+}
+
+/// The exponent quantizer in two passes over chunks, without a tensor-sized temporary: the
+/// first gathers the bucket statistics of the delta, the second recomputes each chunk's delta,
+/// maps it to symbols, codes them and (optionally) writes the reconstruction.
+fn encode_exponent<T: Work>(
     x: Tensor<'_>,
-    reference: Option<&[u8]>,
+    target: &mut Target<'_>,
     opts: &EncodeOptions,
     params: &mut Vec<u8>,
 ) -> Result<Vec<Vec<u8>>> {
-    // Quantize the working-precision delta; the table goes to the blob's parameters.
-    fn quantize<T: ExpFloat + TableBytes>(
-        d: &[T],
-        opts: &EncodeOptions,
-        params: &mut Vec<u8>,
-    ) -> Result<Vec<u8>> {
-        let mut s = vec![0u8; d.len()];
-        let table = exponent::quantize_into_floor(
-            d,
-            opts.bits,
-            opts.bucket_value,
-            &mut s,
-            opts.bucket_floor,
-        )?;
-        write_table(&table, params);
-        Ok(s)
+    exponent::check_bits(opts.bits)?;
+    let (dtype, size) = (x.dtype, x.dtype.size());
+    let chunk_bytes = opts.chunk_elems * size;
+    let plan = {
+        let reference = target.reference();
+        let ref_chunk =
+            |i: usize, len: usize| reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + len]);
+        let stats: Vec<BucketStats> = x
+            .data
+            .par_chunks(chunk_bytes)
+            .enumerate()
+            .map(|(i, xc)| {
+                T::with_delta(dtype, xc, ref_chunk(i, xc.len()), |d| {
+                    BucketStats::gather(d, opts.bucket_value)
+                })
+            })
+            .collect();
+        let merged = BucketStats::merge_all::<T>(&stats, opts.bucket_value);
+        match BucketPlan::<T>::new(&merged, opts.bits, opts.bucket_value, opts.bucket_floor) {
+            Ok(plan) => plan,
+            Err(e) => {
+                // Locate the first non-finite element for the message (the failure path only).
+                let first = x
+                    .data
+                    .chunks(chunk_bytes)
+                    .enumerate()
+                    .find_map(|(i, xc)| {
+                        let neg = T::KEYS / 2;
+                        T::with_delta(dtype, xc, ref_chunk(i, xc.len()), |d| {
+                            d.iter()
+                                .position(|v| v.key() & (neg - 1) == T::EXP_SPECIAL)
+                                .map(|p| (i * opts.chunk_elems + p) as u64)
+                        })
+                    })
+                    .unwrap_or(0);
+                return Err(with_delta_context(e.at(first), reference.is_some()));
+            }
+        }
+    };
+    write_table(&plan.table, params);
+    let lut = exponent::lookup_table(&plan.table);
+    // Second pass, per chunk: delta -> symbols -> code, and the reconstruction when asked.
+    let symbols = |xc: &[u8], r: Option<&[u8]>| {
+        let mut s = take_scratch(&SCRATCH_SYM, xc.len() / size);
+        T::with_delta(dtype, xc, r, |d| plan.symbols(d, &mut s));
+        s
+    };
+    let code = |s: Vec<u8>| {
+        let blob = entropy::encode(&s, opts.coder);
+        give_scratch(&SCRATCH_SYM, s);
+        blob
+    };
+    let xs = x.data.par_chunks(chunk_bytes);
+    match target {
+        Target::Plain(None) => xs.map(|xc| code(symbols(xc, None))).collect(),
+        Target::Plain(Some(r)) => xs
+            .zip(r.par_chunks(chunk_bytes))
+            .map(|(xc, rc)| code(symbols(xc, Some(rc))))
+            .collect(),
+        Target::Into(r, out) => xs
+            .zip(out.par_chunks_mut(chunk_bytes))
+            .enumerate()
+            .map(|(i, (xc, oc))| {
+                let rc = r.map(|r| &r[i * chunk_bytes..i * chunk_bytes + xc.len()]);
+                let s = symbols(xc, rc);
+                T::apply(dtype, &s, &lut, Base::of(rc), oc);
+                code(s)
+            })
+            .collect(),
+        Target::Update(r) => xs
+            .zip(r.par_chunks_mut(chunk_bytes))
+            .map(|(xc, rc)| {
+                let s = symbols(xc, Some(rc));
+                T::apply(dtype, &s, &lut, Base::Out, rc);
+                code(s)
+            })
+            .collect(),
     }
-    let symbols = if x.dtype == DType::F64 {
-        quantize(
-            &delta_f64(x.data, reference, opts.chunk_elems),
-            opts,
-            params,
-        )
-    } else {
-        quantize(
-            &delta_f32(x.dtype, x.data, reference, opts.chunk_elems),
-            opts,
-            params,
-        )
-    }
-    .map_err(|e| with_delta_context(e, reference.is_some()))?;
-    symbols
-        .par_chunks(opts.chunk_elems)
-        .map(|c| entropy::encode(c, opts.coder))
-        .collect()
 }
 
 fn write_table<T: ExpFloat + TableBytes>(table: &[T], params: &mut Vec<u8>) {
@@ -316,11 +617,38 @@ pub fn delta_histogram(x: Tensor<'_>, reference: Option<&[u8]>) -> Result<Vec<u6
     }
     Ok(parallel::install(|| {
         if x.dtype == DType::F64 {
-            exponent::key_histogram(&delta_f64(x.data, reference, DEFAULT_CHUNK_ELEMS))
+            histogram::<f64>(x, reference)
         } else {
-            exponent::key_histogram(&delta_f32(x.dtype, x.data, reference, DEFAULT_CHUNK_ELEMS))
+            histogram::<f32>(x, reference)
         }
     }))
+}
+
+fn histogram<T: Work>(x: Tensor<'_>, reference: Option<&[u8]>) -> Vec<u64> {
+    let size = x.dtype.size();
+    let chunk_bytes = DEFAULT_CHUNK_ELEMS * size;
+    let parts: Vec<Vec<u64>> = x
+        .data
+        .par_chunks(chunk_bytes)
+        .enumerate()
+        .map(|(i, xc)| {
+            let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + xc.len()]);
+            let mut h = vec![0u64; T::KEYS];
+            T::with_delta(x.dtype, xc, r, |d| {
+                for v in d {
+                    h[v.key()] += 1;
+                }
+            });
+            h
+        })
+        .collect();
+    let mut h = vec![0u64; T::KEYS];
+    for p in &parts {
+        for (a, b) in h.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    h
 }
 
 /// Read a blob's header without decoding its payload (the checksum is verified).
@@ -438,67 +766,43 @@ fn decode_exponent(
     out: &mut [u8],
 ) -> Result<()> {
     let dtype = header.dtype;
-    let size = dtype.size();
     let table = header.table()?;
     if header.bits == 0 || header.bits > 8 || table.len() > (1usize << header.bits) - 1 {
         return Err(Error::corrupt(
             "exponent table larger than its bit width allows",
         ));
     }
+    if dtype == DType::F64 {
+        apply_chunks::<f64>(header, chunks, chunk_elems, &table, reference, out)
+    } else {
+        apply_chunks::<f32>(header, chunks, chunk_elems, &table, reference, out)
+    }
+}
+
+fn apply_chunks<T: Work>(
+    header: &Header,
+    chunks: &[&[u8]],
+    chunk_elems: usize,
+    table: &[f64],
+    reference: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let dtype = header.dtype;
+    let size = dtype.size();
     let chunk_bytes = chunk_elems * size;
-    let t32: Vec<f32> = table.iter().map(|&v| v as f32).collect();
+    let values: Vec<T> = table.iter().map(|&v| T::from_f64(v)).collect();
+    let lut = exponent::lookup_table(&values);
     out.par_chunks_mut(chunk_bytes)
         .zip(chunks.par_iter())
         .enumerate()
         .try_for_each(|(i, (o, c))| -> Result<()> {
-            let m = o.len() / size;
-            let mut sym = vec![0u8; m];
-            entropy::decode_into(c, &mut sym)?;
+            let mut sym = take_scratch(&SCRATCH_SYM, o.len() / size);
             let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + o.len()]);
-            exponent::check_symbols(&sym, table.len())?;
-            match dtype {
-                DType::F32 => {
-                    // The hot path: one fused pass, symbol -> value (+ reference) -> bytes.
-                    let lut = exponent::lookup_table(&t32);
-                    let outs = o.chunks_exact_mut(4).zip(&sym);
-                    match r {
-                        Some(r) => {
-                            for ((o, s), rc) in outs.zip(r.chunks_exact(4)) {
-                                let base = f32::from_le_bytes(rc.try_into().unwrap());
-                                o.copy_from_slice(&(base + lut[*s as usize]).to_le_bytes());
-                            }
-                        }
-                        None => {
-                            for (o, s) in outs {
-                                o.copy_from_slice(&lut[*s as usize].to_le_bytes());
-                            }
-                        }
-                    }
-                }
-                DType::F64 => {
-                    let mut v = vec![0f64; m];
-                    if let Some(r) = r {
-                        float::to_f64(r, &mut v);
-                    }
-                    let lut = exponent::lookup_table(&table);
-                    for (v, s) in v.iter_mut().zip(&sym) {
-                        *v += lut[*s as usize];
-                    }
-                    float::from_f64(&v, o);
-                }
-                DType::F16 | DType::BF16 => {
-                    let mut v = vec![0f32; m];
-                    if let Some(r) = r {
-                        float::to_f32(dtype, r, &mut v);
-                    }
-                    let lut = exponent::lookup_table(&t32);
-                    for (v, s) in v.iter_mut().zip(&sym) {
-                        *v += lut[*s as usize];
-                    }
-                    float::from_f32(dtype, &v, o);
-                }
-            }
-            Ok(())
+            let done = entropy::decode_into(c, &mut sym)
+                .and_then(|_| exponent::check_symbols(&sym, table.len()))
+                .map(|_| T::apply(dtype, &sym, &lut, Base::of(r), o));
+            give_scratch(&SCRATCH_SYM, sym);
+            done
         })
 }
 

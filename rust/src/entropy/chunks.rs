@@ -103,9 +103,11 @@ fn choose_auto(symbols: &[u8], hist: &[u32; 256], period: usize) -> Method {
     };
     consider(Method::Tans, tans::plan(hist).1);
     consider(Method::Huffman, huffman::plan(hist).1);
-    if let Some(est) = runs::estimate(symbols, hist) {
-        consider(Method::RunsTans, est.tans_bits);
-        consider(Method::RunsHuffman, est.huffman_bits);
+    if runs_may_pay(symbols) {
+        if let Some(est) = runs::estimate(symbols, hist) {
+            consider(Method::RunsTans, est.tans_bits);
+            consider(Method::RunsHuffman, est.huffman_bits);
+        }
     }
     if let Some((_, bits)) = tans::estimate_ctx(symbols, hist, period) {
         // The context coder decodes at about half the speed of the others: it has to save
@@ -113,6 +115,28 @@ fn choose_auto(symbols: &[u8], hist: &[u32; 256], period: usize) -> Method {
         consider(Method::CtxTans, bits * CTX_PENALTY);
     }
     best.0
+}
+
+/// Symbols sampled to decide whether zero-run tokens are worth estimating on a whole chunk.
+const RUNS_SAMPLE: usize = 1 << 13;
+/// Zero-run tokens are estimated on the whole chunk only when, on the sample, they come
+/// within this factor of order-0 coding.
+const RUNS_MARGIN: f64 = 1.05;
+
+/// Whether zero-run tokens could beat order-0 coding on this chunk, judged on a sample of
+/// its start (the full estimate tokenizes the whole chunk, which costs as much as coding it).
+fn runs_may_pay(symbols: &[u8]) -> bool {
+    if symbols.len() < 4 * RUNS_SAMPLE {
+        return true;
+    }
+    let sample = &symbols[..RUNS_SAMPLE];
+    let h = tans::histogram(sample);
+    if h.iter().filter(|&&c| c > 0).count() <= 1 {
+        return true;
+    }
+    let order0 = tans::plan(&h).1.min(huffman::plan(&h).1);
+    runs::estimate(sample, &h)
+        .is_some_and(|e| e.tans_bits.min(e.huffman_bits) <= order0 * RUNS_MARGIN)
 }
 
 /// Encode one chunk (method byte and payload) into `out`.

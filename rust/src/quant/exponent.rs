@@ -202,7 +202,7 @@ impl Stats {
     }
 }
 
-fn check_bits(bits: u8) -> Result<usize> {
+pub(crate) fn check_bits(bits: u8) -> Result<usize> {
     if !(1..=8).contains(&bits) {
         return Err(Error::invalid(format!(
             "bits must be between 1 and 8 for the exponent quantizer, got {bits}"
@@ -270,84 +270,150 @@ pub fn quantize_into_floor<T: ExpFloat>(
     symbols: &mut [u8],
     floor: Option<BucketFloor>,
 ) -> Result<Vec<T>> {
-    let slots = check_bits(bits)?;
+    check_bits(bits)?;
     assert_eq!(x.len(), symbols.len(), "one symbol per element");
-    let parts: Vec<Stats> = x
+    let parts: Vec<BucketStats> = x
         .par_chunks(CHUNK)
-        .map(|c| Stats::gather(c, value))
+        .map(|c| BucketStats::gather(c, value))
         .collect();
-    // Merge in chunk order so the table does not depend on the thread count.
-    let stats = parts
-        .iter()
-        .fold(Stats::new(T::KEYS, value), |acc, s| acc.merge(s));
-    let exp_bits = T::KEYS.trailing_zeros() as usize - 1;
-    let neg = 1usize << exp_bits;
-    let non_finite = stats.count[T::EXP_SPECIAL] + stats.count[neg | T::EXP_SPECIAL];
-    if non_finite > 0 {
+    let plan = BucketPlan::new(
+        &BucketStats::merge_all::<T>(&parts, value),
+        bits,
+        value,
+        floor,
+    )
+    .map_err(|e| e.with_first_index(x))?;
+    x.par_chunks(CHUNK)
+        .zip(symbols.par_chunks_mut(CHUNK))
+        .for_each(|(xs, ss)| plan.symbols(xs, ss));
+    Ok(plan.table)
+}
+
+/// Per-bucket statistics of a slice of values: the first pass of the quantizer.
+///
+/// Gather them over pieces of a tensor (in parallel, in any grouping), merge them in a fixed
+/// order with [`BucketStats::merge_all`], and build a [`BucketPlan`] from the result.
+pub struct BucketStats(Stats);
+
+impl BucketStats {
+    /// Statistics of `x`.
+    pub fn gather<T: ExpFloat>(x: &[T], value: BucketValue) -> Self {
+        BucketStats(Stats::gather(x, value))
+    }
+
+    /// Merge statistics in slice order (the table does not depend on the thread count).
+    pub fn merge_all<T: ExpFloat>(parts: &[BucketStats], value: BucketValue) -> Self {
+        BucketStats(
+            parts
+                .iter()
+                .fold(Stats::new(T::KEYS, value), |acc, s| acc.merge(&s.0)),
+        )
+    }
+}
+
+/// The buckets kept for a tensor: each (sign, exponent) key's symbol and the symbols' values.
+pub struct BucketPlan<T> {
+    lut: Vec<u8>,
+    /// Values of symbols `1..=table.len()` (symbol 0 is 0).
+    pub table: Vec<T>,
+}
+
+/// A plan could not be made because the values hold NaN or Inf.
+pub struct NonFiniteValues(u64);
+
+impl NonFiniteValues {
+    /// The typed error, with the index of the first non-finite element of `x`.
+    pub fn with_first_index<T: ExpFloat>(self, x: &[T]) -> Error {
+        let neg = T::KEYS / 2;
         let first = x
             .iter()
             .position(|v| v.key() & (neg - 1) == T::EXP_SPECIAL)
             .unwrap_or(0);
-        return Err(Error::NonFinite {
-            count: non_finite,
-            first_index: first as u64,
-            context: String::new(),
-        });
+        self.at(first as u64)
     }
-    // Priority promotion: largest exponents first; at equal exponent the fuller bucket first.
-    // Exponent field 0 (zeros and subnormals) is never kept.
-    let mut lut = vec![0u8; T::KEYS];
-    let mut table = Vec::with_capacity(slots);
-    let lowest = floor.map_or(1, |f| (f.exponent as usize).max(1));
-    'outer: for e in (lowest..T::EXP_SPECIAL).rev() {
-        let (p, n) = (e, neg | e);
-        let order = if stats.count[n] > stats.count[p] {
-            [n, p]
-        } else {
-            [p, n]
-        };
-        for k in order {
-            if stats.count[k] == 0 {
-                continue;
-            }
-            if let Some(BucketFloor {
-                exponent,
-                sign: Some(sign),
-            }) = floor
-            {
-                if e == exponent as usize && (k & neg != 0) != (sign == 1) {
-                    continue;
-                }
-            }
-            if table.len() == slots {
-                break 'outer;
-            }
-            let negative = k & neg != 0;
-            let v = match value {
-                BucketValue::Mean => T::from_f64(stats.sum[k] / stats.count[k] as f64),
-                BucketValue::Midpoint => {
-                    let lo = T::from_abs_bits(stats.min[k], false).to_f64();
-                    let hi = T::from_abs_bits(stats.max[k], false).to_f64();
-                    let m = T::from_f64((lo + hi) * 0.5);
-                    if negative {
-                        T::from_f64(-m.to_f64())
-                    } else {
-                        m
-                    }
-                }
-            };
-            table.push(v);
-            lut[k] = table.len() as u8;
+
+    /// The typed error, with the index of the first non-finite element given.
+    pub fn at(self, first_index: u64) -> Error {
+        Error::NonFinite {
+            count: self.0,
+            first_index,
+            context: String::new(),
         }
     }
-    x.par_chunks(CHUNK)
-        .zip(symbols.par_chunks_mut(CHUNK))
-        .for_each(|(xs, ss)| {
-            for (s, v) in ss.iter_mut().zip(xs) {
-                *s = lut[v.key()];
+}
+
+impl<T: ExpFloat> BucketPlan<T> {
+    /// Priority promotion over the statistics: keep the `2^bits − 1` non-empty buckets of
+    /// largest exponent (at equal exponent the fuller first), none below `floor`; exponent
+    /// field 0 (zeros and subnormals) is never kept. `bits` must be in 1..=8.
+    pub fn new(
+        stats: &BucketStats,
+        bits: u8,
+        value: BucketValue,
+        floor: Option<BucketFloor>,
+    ) -> std::result::Result<Self, NonFiniteValues> {
+        let stats = &stats.0;
+        let slots = (1usize << bits.clamp(1, 8)) - 1;
+        let exp_bits = T::KEYS.trailing_zeros() as usize - 1;
+        let neg = 1usize << exp_bits;
+        let non_finite = stats.count[T::EXP_SPECIAL] + stats.count[neg | T::EXP_SPECIAL];
+        if non_finite > 0 {
+            return Err(NonFiniteValues(non_finite));
+        }
+        let mut lut = vec![0u8; T::KEYS];
+        let mut table = Vec::with_capacity(slots);
+        let lowest = floor.map_or(1, |f| (f.exponent as usize).max(1));
+        'outer: for e in (lowest..T::EXP_SPECIAL).rev() {
+            let (p, n) = (e, neg | e);
+            let order = if stats.count[n] > stats.count[p] {
+                [n, p]
+            } else {
+                [p, n]
+            };
+            for k in order {
+                if stats.count[k] == 0 {
+                    continue;
+                }
+                if let Some(BucketFloor {
+                    exponent,
+                    sign: Some(sign),
+                }) = floor
+                {
+                    if e == exponent as usize && (k & neg != 0) != (sign == 1) {
+                        continue;
+                    }
+                }
+                if table.len() == slots {
+                    break 'outer;
+                }
+                let negative = k & neg != 0;
+                let v = match value {
+                    BucketValue::Mean => T::from_f64(stats.sum[k] / stats.count[k] as f64),
+                    BucketValue::Midpoint => {
+                        let lo = T::from_abs_bits(stats.min[k], false).to_f64();
+                        let hi = T::from_abs_bits(stats.max[k], false).to_f64();
+                        let m = T::from_f64((lo + hi) * 0.5);
+                        if negative {
+                            T::from_f64(-m.to_f64())
+                        } else {
+                            m
+                        }
+                    }
+                };
+                table.push(v);
+                lut[k] = table.len() as u8;
             }
-        });
-    Ok(table)
+        }
+        Ok(BucketPlan { lut, table })
+    }
+
+    /// The symbols of `x` (one per element, written to `symbols` of the same length).
+    #[inline]
+    pub fn symbols(&self, x: &[T], symbols: &mut [u8]) {
+        for (s, v) in symbols.iter_mut().zip(x) {
+            *s = self.lut[v.key()];
+        }
+    }
 }
 
 /// Check that every symbol has a table entry.
