@@ -162,8 +162,9 @@ impl<'a> BitReader<'a> {
 /// returning bit groups in the reverse of the order they were put.
 pub struct BackReader<'a> {
     data: &'a [u8],
-    /// Unread bits: positions `[0, bitpos)` of the stream. Negative after an overrun.
-    bitpos: i64,
+    /// Unread bits held in `window`: its positions `[0, avail)`. The unread bits of the stream
+    /// are positions `[0, base + avail)`; negative after an overrun.
+    avail: i64,
     /// Stream bit position of bit 0 of `window`.
     base: i64,
     window: u64,
@@ -180,7 +181,7 @@ impl<'a> BackReader<'a> {
         let bitpos = data.len() as i64 * 8 - 1 - last.leading_zeros() as i64;
         let mut r = BackReader {
             data,
-            bitpos,
+            avail: bitpos,
             base: 0,
             window: 0,
         };
@@ -192,42 +193,63 @@ impl<'a> BackReader<'a> {
     /// stream, where further reads return unspecified bits and drive `remaining` negative).
     #[inline(always)]
     pub fn refill(&mut self) {
+        let bitpos = self.base + self.avail;
         if self.data.len() >= 8 {
             // Near the start the window is clamped to the first 8 bytes, which still hold all
             // unread bits; no branch on the position.
-            let b = ((self.bitpos >> 3) - 7).max(0) as usize;
+            let b = ((bitpos >> 3) - 7).max(0) as usize;
             // SAFETY: `bitpos` starts at most at `8 * len - 1` and only decreases, so
             // `(bitpos >> 3) - 7 + 8 <= len`; when clamped to 0, `8 <= len` holds by the test
             // above. Hence `b + 8 <= data.len()` and the unaligned 8-byte read is in bounds.
             self.window =
                 u64::from_le(unsafe { (self.data.as_ptr().add(b) as *const u64).read_unaligned() });
             self.base = b as i64 * 8;
+            self.avail = bitpos - self.base;
         } else {
-            self.refill_head();
+            self.refill_head(bitpos);
         }
     }
 
     #[cold]
-    fn refill_head(&mut self) {
+    fn refill_head(&mut self, bitpos: i64) {
         let mut w = [0u8; 8];
         let n = self.data.len().min(8);
         w[..n].copy_from_slice(&self.data[..n]);
         self.window = u64::from_le_bytes(w);
         self.base = 0;
+        self.avail = bitpos;
     }
 
     /// Read the `nb` bits (`nb <= 56` since the last refill) put just before the ones read last.
     #[inline(always)]
     pub fn read(&mut self, nb: u32) -> u64 {
-        self.bitpos -= nb as i64;
+        self.avail -= nb as i64;
         // After an overrun the shift is out of range; `wrapping_shr` keeps that defined and the
         // caller detects it through `remaining`.
-        self.window.wrapping_shr((self.bitpos - self.base) as u32) & mask(nb)
+        self.window.wrapping_shr(self.avail as u32) & mask(nb)
     }
 
     /// Unread bits; zero when the stream was consumed exactly, negative after an overrun.
     pub fn remaining(&self) -> i64 {
-        self.bitpos
+        self.base + self.avail
+    }
+
+    /// The stream (for hand-scheduled decode loops that keep the position in a register).
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// A reader of `data` with `bitpos` unread bits (a position from
+    /// [`remaining`](Self::remaining)), refilled.
+    pub fn resume(data: &'a [u8], bitpos: i64) -> Self {
+        let mut r = BackReader {
+            data,
+            avail: bitpos,
+            base: 0,
+            window: 0,
+        };
+        r.refill();
+        r
     }
 }
 

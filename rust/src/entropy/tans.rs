@@ -442,12 +442,40 @@ fn decode_symbols<'a>(
     mut rd: BackReader<'a>,
     out: &mut [u8],
 ) -> ([usize; LANES], BackReader<'a>) {
-    // The reader is a local here so that its fields live in registers.
-    let r = &mut rd;
     let full = out.len() / LANES * LANES;
     let (head, tail) = out.split_at_mut(full);
     let [mut x0, mut x1, mut x2, mut x3] = st;
+    // The hot loop keeps only the bit position, the window and the four states live, so that
+    // everything stays in registers. Each round reloads the window (four symbols take at most
+    // 48 bits). Away from the stream's start the window is the 8 bytes ending at the byte of
+    // the position, so the unread bits in it are `56 + bitpos % 8` without waiting for the
+    // load; the rounds near the start go through the general reader.
+    let data = rd.data();
+    let mut bitpos = rd.remaining();
+    let mut done = 0;
     for quad in head.chunks_exact_mut(LANES) {
+        if bitpos < 64 {
+            break;
+        }
+        let b = (bitpos >> 3) as usize - 7;
+        let Some(bytes) = data.get(b..b + 8) else {
+            break; // not reached: the position never exceeds the stream
+        };
+        let w = u64::from_le_bytes(bytes.try_into().unwrap());
+        let mut avail = 56 + (bitpos & 7);
+        let start = avail;
+        quad[0] = fast_step(&t.entries, &mut x0, w, &mut avail);
+        quad[1] = fast_step(&t.entries, &mut x1, w, &mut avail);
+        quad[2] = fast_step(&t.entries, &mut x2, w, &mut avail);
+        quad[3] = fast_step(&t.entries, &mut x3, w, &mut avail);
+        bitpos -= start - avail;
+        done += LANES;
+    }
+    if done > 0 {
+        rd = BackReader::resume(data, bitpos);
+    }
+    let r = &mut rd;
+    for quad in head[done..].chunks_exact_mut(LANES) {
         r.refill();
         quad[0] = t.step(&mut x0, r);
         quad[1] = t.step(&mut x1, r);
@@ -460,6 +488,15 @@ fn decode_symbols<'a>(
         *o = t.step(&mut st[i % LANES], r);
     }
     (st, rd)
+}
+
+/// One decode step with the window in a register: `avail` unread bits in `w`.
+#[inline(always)]
+fn fast_step(e: &[DEntry; TABLE_SIZE], x: &mut usize, w: u64, avail: &mut i64) -> u8 {
+    let en = e[*x & (TABLE_SIZE - 1)];
+    *avail -= en.nb as i64;
+    *x = en.base as usize + (w.wrapping_shr(*avail as u32) & mask(en.nb as u32)) as usize;
+    en.sym
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -488,6 +525,13 @@ fn decode_symbols_dispatch<'a>(
 }
 
 pub(crate) fn decode_with(t: &DTable, bits: &[u8], out: &mut [u8]) -> Result<()> {
+    let (st, r) = start(t, bits)?;
+    let (st, r) = decode_symbols_dispatch(t, st, r, out);
+    finish(st, r)
+}
+
+/// The reader and the four initial states of a stream.
+fn start<'a>(t: &DTable, bits: &'a [u8]) -> Result<([usize; LANES], BackReader<'a>)> {
     let mut r = BackReader::new(bits)
         .ok_or_else(|| Error::corrupt("tANS bit stream lacks its end marker"))?;
     // Every symbol costs at least 0 bits, so the payload cannot bound n; the loop is bounded by
@@ -497,7 +541,11 @@ pub(crate) fn decode_with(t: &DTable, bits: &[u8], out: &mut [u8]) -> Result<()>
         r.refill();
         *x = r.read(t.log) as usize;
     }
-    let (st, r) = decode_symbols_dispatch(t, st, r, out);
+    Ok((st, r))
+}
+
+/// A stream decoded exactly ends with every state back at 0 and every bit read.
+fn finish(st: [usize; LANES], r: BackReader<'_>) -> Result<()> {
     if r.remaining() != 0 || st.iter().any(|&x| x != 0) {
         return Err(Error::corrupt(
             "tANS stream does not end where its symbols do",
