@@ -53,8 +53,9 @@ def main() -> None:
             reader.restore()
             restore_s.append(time.perf_counter() - t0)
         n = sum(v.numel() for v in cur.values()) / 1e6
+        depth = reader.info()["depth"]
         print(
-            f"{n:.1f}M fp32 parameters: restore of the latest step (depth {reader.info()['depth']}) "
+            f"{n:.1f}M fp32 parameters: restore of the latest step (depth {depth}) "
             f"min {min(restore_s):.2f} s; save of a step mean {sum(save_s[1:]) / 18:.2f} s "
             f"(keyframe {save_s[0]:.2f} s); torch.save + fsync of the same state min "
             f"{min(torch_s):.2f} s; ratio {stats['ratio']:.1f}x"
