@@ -5,7 +5,8 @@ Algorithm (SPEC 2.1, 2.4, 2.5)
 Every save is a *record*. Float tensors with at least 2 elements are delta-coded with error
 feedback: the stored delta is ``d = u - r_base`` where ``r_base`` is the base record's
 *reconstruction* (bit for bit what a reader decodes, never the true state ``u``), and the new
-reconstruction is ``r = decode(blob, reference=r_base)``.
+reconstruction is ``r = decode(blob, reference=r_base)``: the encoder writes it while coding
+(``encode(..., reconstruction=)``), in place of ``r_base`` when this save drops that level.
 
 Kinds and levels. ``n`` counts the saves since the last keyframe on the branch:
 
@@ -24,7 +25,9 @@ Restoring the record with ordinal ``n`` applies ``1 + digit_sum(n, base=anchor_e
 tensor (keyframe, then the anchors of each level, then at most ``anchor_every - 1`` steps): with
 ``anchor_every=10`` and ``keyframe_every=1000`` at most 28. The writer keeps one reconstruction
 per level (a stack of decreasing levels) plus a copy of the latest true state (for
-:meth:`CheckpointChain.branch_point`).
+:meth:`CheckpointChain.branch_point`). The next save's copy refills that copy's buffers, and
+reconstructions of dropped levels serve as the next save's output buffers, so that a save does
+not fault in fresh state-sized memory.
 
 Exact storage: integer/bool tensors, float tensors with fewer than 2 elements, float tensors of
 keyframes, and any float tensor whose coded blob would not be smaller than its raw bytes (tiny
