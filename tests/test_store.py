@@ -222,3 +222,25 @@ def test_empty_lock_left_by_a_writer_killed_mid_acquire_is_recovered(tmp_path: P
     Path(garbage._path(LOCK_NAME)).write_text('{"pid": 1, "host": "elsewhere", "time": "x"}')
     with pytest.raises(dk.LockedError, match="since \\?"):
         garbage.acquire_lock()
+
+
+def test_files_framed_by_earlier_versions_are_read(tmp_path: Path) -> None:
+    """Files written before the xxh3-128 frames (b"DKF1", blake2b-128) still read, and their
+    checksum is still enforced."""
+    import hashlib
+    import struct
+
+    payload = os.urandom(5000)
+    digest = hashlib.blake2b(payload, digest_size=16).digest()
+    old = struct.pack("<4s16sQ", b"DKF1", digest, len(payload)) + payload
+    store = LocalStore(tmp_path)
+    (tmp_path / "old.bin").write_bytes(old)
+    assert store.read("old.bin") == payload
+    bad = bytearray(old)
+    bad[-1] ^= 1
+    (tmp_path / "bad.bin").write_bytes(bytes(bad))
+    with pytest.raises(dk.CorruptDataError, match="checksum"):
+        store.read("bad.bin")
+    store.write("new.bin", payload)
+    assert (tmp_path / "new.bin").read_bytes()[:4] == b"DKF2"
+    assert store.read("new.bin") == payload

@@ -177,6 +177,12 @@ def test_reconstruction_is_what_decode_returns(dtype, width, quantizer, data, bi
         dk.encode(x, reference=state, quantizer=quantizer, bits=bits, reconstruction=state) == blob
     )
     assert same_bits(state, out)
+    # Decoding in place, and into a separate buffer, give the same bytes.
+    state = ref.copy()
+    assert dk.decode(blob, reference=state, out=state) is state
+    assert same_bits(state, out)
+    other = np.full_like(x, np.nan)
+    assert same_bits(dk.decode(blob, reference=ref, out=other), out)
 
 
 def test_torch_reconstruction_in_place_and_bad_buffers():
@@ -190,3 +196,11 @@ def test_torch_reconstruction_in_place_and_bad_buffers():
         dk.encode(x, reference=ref, reconstruction=torch.empty(7, 300, dtype=torch.bfloat16).t())
     with pytest.raises(dk.InvalidArgumentError, match="must match"):
         dk.encode(x, reference=ref, reconstruction=torch.empty(300, 7))
+    with pytest.raises(dk.InvalidArgumentError, match="must match"):
+        dk.decode(blob, reference=ref, out=torch.empty(7, 300, dtype=torch.bfloat16))
+    restored = ref.clone()
+    dk.decode(blob, reference=restored, out=restored)
+    assert torch.equal(restored, state)
+    with pytest.raises(dk.ReferenceMismatchError):  # the fingerprint is checked before writing
+        dk.decode(blob, reference=restored, out=restored)
+    assert torch.equal(restored, state)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _core
-from ._tensors import check_reference, from_raw, out_raw, to_raw
+from ._tensors import Raw, check_reference, from_raw, out_raw, to_raw
 
 QUANTIZERS = ("none", "exponent", "uniform", "lattice")
 CODERS = ("auto", "raw", "tans", "huffman", "lz77", "zstd", "gzip")
@@ -87,13 +89,27 @@ def delta_histogram(x: Any, reference: Any = None) -> Any:
     return _core.delta_histogram(raw.data, raw.dtype, raw.shape, None if ref is None else ref.data)
 
 
-def decode(blob: bytes, *, reference: Any = None) -> Any:
+def decode(blob: bytes, *, reference: Any = None, out: Any = None) -> Any:
     """Decompress a blob from :func:`encode` to the same kind (numpy or torch), dtype and shape.
 
     A blob encoded against a reference needs that exact reference (it is fingerprinted).
     Corrupt or truncated input raises :class:`CorruptDataError`.
+
+    ``out``, a writable contiguous CPU array or tensor of the blob's dtype and shape, receives
+    the result and is returned. It may be ``reference`` itself: the delta is then applied in
+    place (a chain of deltas decoded without a buffer per link); if decoding fails, it holds
+    unspecified values.
     """
     ref = None if reference is None else to_raw(reference, "reference")
+    if out is not None:
+        info = _core.inspect(blob)
+        want = Raw(np.empty(0, np.uint8), info["dtype"], list(info["shape"]), 0)
+        dst = out_raw(out, want, "out")
+        in_place = out is reference
+        _core.decode_into(
+            blob, dst.data, None if ref is None or in_place else ref.data, in_place=in_place
+        )
+        return out
     dtype, shape, tag, data = _core.decode(blob, None if ref is None else ref.data)
     if ref is not None and (ref.dtype != dtype or ref.shape != list(shape)):
         from .errors import ReferenceMismatchError

@@ -1262,7 +1262,9 @@ class CheckpointChain:
         else:
             raise _corrupt(f"tensor {path}: unknown mode {first[0]!r}")
         for r, entry, nonneg in reversed(chain[:-1]):
-            x = decode(self._blob(r, entry, cache), reference=x)
+            # x is this restore's own buffer: each delta is applied to it in place
+            out = x if _writable_host(x) else None
+            x = decode(self._blob(r, entry, cache), reference=x, out=out)
             if nonneg:
                 x = _clamp0(x)
         if _dtype_name(x) != meta["dtype"] or [int(s) for s in x.shape] != list(meta["shape"]):

@@ -25,7 +25,10 @@ a plain check (dead pid on this host), and an empty one must be removed by hand.
 
 File framing (all integers little-endian)::
 
-    b"DKF1" | blake2b-128 digest of payload (16 bytes) | payload length (u64) | payload
+    b"DKF2" | xxh3-128 of payload (16 bytes) | payload length (u64) | payload
+
+Files framed ``b"DKF1"`` (blake2b-128 instead of xxh3-128, written before 2026-12) are read as
+well. The checksum guards against corrupted or truncated storage, not against forgery.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ._core import checksum128
 from .errors import CorruptDataError
 
-MAGIC = b"DKF1"
+MAGIC = b"DKF2"
+MAGIC_BLAKE2 = b"DKF1"  # read only
 HEADER = struct.Struct("<4s16sQ")
 TMP_MARKER = ".tmp-"
 LOCK_NAME = "LOCK"
@@ -54,10 +59,14 @@ class LockedError(RuntimeError):
     """Another live writer holds the chain's lock."""
 
 
+def frame_header(payload: bytes) -> bytes:
+    """The header that prefixes ``payload`` in a file: magic, xxh3-128 digest, length."""
+    return HEADER.pack(MAGIC, checksum128(payload), len(payload))
+
+
 def frame(payload: bytes) -> bytes:
-    """Prefix ``payload`` with the magic, its blake2b-128 digest and its length."""
-    digest = hashlib.blake2b(payload, digest_size=16).digest()
-    return HEADER.pack(MAGIC, digest, len(payload)) + payload
+    """``payload`` prefixed with its :func:`frame_header`."""
+    return frame_header(payload) + payload
 
 
 def unframe(data: bytes, name: str) -> bytes:
@@ -66,12 +75,16 @@ def unframe(data: bytes, name: str) -> bytes:
     if len(data) < HEADER.size:
         raise err(f"{name}: truncated file ({len(data)} bytes)")
     magic, digest, length = HEADER.unpack_from(data)
-    if magic != MAGIC:
+    if magic not in (MAGIC, MAGIC_BLAKE2):
         raise err(f"{name}: bad magic {magic!r}")
     payload = data[HEADER.size :]
     if len(payload) != length:
         raise err(f"{name}: length {len(payload)} != recorded {length}")
-    if hashlib.blake2b(payload, digest_size=16).digest() != digest:
+    if magic == MAGIC:
+        ok = checksum128(payload) == digest
+    else:
+        ok = hashlib.blake2b(payload, digest_size=16).digest() == digest
+    if not ok:
         raise err(f"{name}: checksum mismatch")
     return payload
 
@@ -229,9 +242,10 @@ class LocalStore(Store):
         tmp = self._path(self._tmp_name(name))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(frame(payload))
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in (frame_header(payload), payload):  # no copy of the payload
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)

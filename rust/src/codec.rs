@@ -711,12 +711,62 @@ pub fn decode_into(blob: &[u8], reference: Option<&[u8]>, out: &mut [u8]) -> Res
     Ok(header)
 }
 
+/// Decode a blob in place: `reference` (the one it was encoded against) is replaced by the
+/// decoded tensor, as [`decode`]`(blob, Some(reference))` would return it — a chain of deltas
+/// restored without a buffer per link. On an error `reference` holds unspecified values.
+///
+/// ```
+/// use deltackpt::{decode_update, encode, DType, EncodeOptions, Tensor};
+/// let prev: Vec<u8> = (0..512).flat_map(|i| (i as f32).cos().to_le_bytes()).collect();
+/// let next: Vec<u8> = (0..512).flat_map(|i| ((i as f32).cos() - 0.01).to_le_bytes()).collect();
+/// let x = Tensor { dtype: DType::F32, shape: &[512], data: &next };
+/// let blob = encode(x, Some(&prev), &EncodeOptions::default()).unwrap();
+/// let mut state = prev.clone();
+/// decode_update(&blob, &mut state).unwrap();
+/// assert_eq!(deltackpt::decode(&blob, Some(&prev)).unwrap().data, state);
+/// ```
+pub fn decode_update(blob: &[u8], reference: &mut [u8]) -> Result<Header> {
+    let (header, chunks) = format::read(blob)?;
+    check_plausible(&header, &chunks)?;
+    check_reference(
+        &header,
+        Some(reference),
+        header.numel()? as usize * header.dtype.size(),
+    )?;
+    if header.quantizer == Quantizer::Exponent {
+        let chunk_elems = header.chunk_elems as usize;
+        parallel::install(|| decode_exponent(&header, &chunks, chunk_elems, Base::Out, reference))?;
+    } else {
+        let base = reference.to_vec();
+        decode_parsed(&header, &chunks, Some(&base), reference)?;
+    }
+    Ok(header)
+}
+
 fn decode_parsed(
     header: &Header,
     chunks: &[&[u8]],
     reference: Option<&[u8]>,
     out: &mut [u8],
 ) -> Result<()> {
+    check_reference(header, reference, out.len())?;
+    let chunk_elems = header.chunk_elems as usize;
+    parallel::install(|| match header.quantizer {
+        Quantizer::None => {
+            lossless::decode_chunks(header.dtype, chunks, chunk_elems, reference, out)
+        }
+        Quantizer::Exponent => {
+            decode_exponent(header, chunks, chunk_elems, Base::of(reference), out)
+        }
+        Quantizer::Uniform | Quantizer::Lattice => {
+            decode_scalar(header, chunks, chunk_elems, reference, out)
+        }
+    })
+}
+
+/// The reference given matches the blob's: present exactly when the blob is a delta, of the
+/// tensor's size (`out_len` bytes), with the fingerprint the blob records.
+fn check_reference(header: &Header, reference: Option<&[u8]>, out_len: usize) -> Result<()> {
     match (header.reference_hash, reference) {
         (None, Some(_)) => {
             return Err(Error::ReferenceMismatch(
@@ -729,13 +779,13 @@ fn decode_parsed(
             ))
         }
         (Some(h), Some(r)) => {
-            if r.len() != out.len() {
+            if r.len() != out_len {
                 return Err(Error::ReferenceMismatch(format!(
                     "reference holds {} bytes; the blob's tensor ({} {:?}) needs {}",
                     r.len(),
                     header.dtype.name(),
                     header.shape,
-                    out.len()
+                    out_len
                 )));
             }
             if xxhash_rust::xxh3::xxh3_64(r) != h {
@@ -746,23 +796,14 @@ fn decode_parsed(
         }
         (None, None) => {}
     }
-    let chunk_elems = header.chunk_elems as usize;
-    parallel::install(|| match header.quantizer {
-        Quantizer::None => {
-            lossless::decode_chunks(header.dtype, chunks, chunk_elems, reference, out)
-        }
-        Quantizer::Exponent => decode_exponent(header, chunks, chunk_elems, reference, out),
-        Quantizer::Uniform | Quantizer::Lattice => {
-            decode_scalar(header, chunks, chunk_elems, reference, out)
-        }
-    })
+    Ok(())
 }
 
 fn decode_exponent(
     header: &Header,
     chunks: &[&[u8]],
     chunk_elems: usize,
-    reference: Option<&[u8]>,
+    base: Base<'_>,
     out: &mut [u8],
 ) -> Result<()> {
     let dtype = header.dtype;
@@ -773,9 +814,9 @@ fn decode_exponent(
         ));
     }
     if dtype == DType::F64 {
-        apply_chunks::<f64>(header, chunks, chunk_elems, &table, reference, out)
+        apply_chunks::<f64>(header, chunks, chunk_elems, &table, base, out)
     } else {
-        apply_chunks::<f32>(header, chunks, chunk_elems, &table, reference, out)
+        apply_chunks::<f32>(header, chunks, chunk_elems, &table, base, out)
     }
 }
 
@@ -784,7 +825,7 @@ fn apply_chunks<T: Work>(
     chunks: &[&[u8]],
     chunk_elems: usize,
     table: &[f64],
-    reference: Option<&[u8]>,
+    base: Base<'_>,
     out: &mut [u8],
 ) -> Result<()> {
     let dtype = header.dtype;
@@ -797,10 +838,13 @@ fn apply_chunks<T: Work>(
         .enumerate()
         .try_for_each(|(i, (o, c))| -> Result<()> {
             let mut sym = take_scratch(&SCRATCH_SYM, o.len() / size);
-            let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + o.len()]);
+            let b = match base {
+                Base::Ref(r) => Base::Ref(&r[i * chunk_bytes..i * chunk_bytes + o.len()]),
+                other => other,
+            };
             let done = entropy::decode_into(c, &mut sym)
                 .and_then(|_| exponent::check_symbols(&sym, table.len()))
-                .map(|_| T::apply(dtype, &sym, &lut, Base::of(r), o));
+                .map(|_| T::apply(dtype, &sym, &lut, b, o));
             give_scratch(&SCRATCH_SYM, sym);
             done
         })

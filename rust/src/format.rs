@@ -209,6 +209,12 @@ fn coder_from_id(id: u8) -> Result<Coder> {
     })
 }
 
+/// The 128-bit checksum (xxh3-128, little-endian) that the Python layer frames checkpoint files
+/// with: a fast guard against corrupted or truncated storage, not against deliberate forgery.
+pub fn checksum128(data: &[u8]) -> [u8; 16] {
+    xxhash_rust::xxh3::xxh3_128(data).to_le_bytes()
+}
+
 /// Serialize `header` followed by `chunks` and the checksum.
 pub fn write(header: &Header, chunks: &[Vec<u8>]) -> Vec<u8> {
     let payload: usize = chunks.iter().map(|c| c.len()).sum();

@@ -32,8 +32,8 @@ pub mod quant;
 mod scalar;
 
 pub use codec::{
-    decode, decode_into, delta_histogram, encode, encode_reconstruct, encode_update, inspect,
-    Decoded, EncodeOptions, Tensor,
+    decode, decode_into, decode_update, delta_histogram, encode, encode_reconstruct, encode_update,
+    inspect, Decoded, EncodeOptions, Tensor,
 };
 pub use entropy::Coder;
 pub use error::{Error, Result};

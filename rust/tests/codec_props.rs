@@ -1,7 +1,7 @@
 //! Property tests of the tensor codec: lossless bit equality, lossy bounds, totality.
 use deltackpt::{
-    decode, encode, encode_reconstruct, encode_update, Coder, DType, EncodeOptions, Error,
-    Quantizer, Tensor,
+    decode, decode_update, encode, encode_reconstruct, encode_update, Coder, DType, EncodeOptions,
+    Error, Quantizer, Tensor,
 };
 use proptest::prelude::*;
 
@@ -90,6 +90,10 @@ proptest! {
                 let mut state = refb.clone();
                 if with_ref {
                     prop_assert_eq!(encode_update(x, &mut state, &o).unwrap(), plain);
+                    prop_assert_eq!(&state, &recon);
+                    // And decoding in place gives the same bytes.
+                    let mut state = refb.clone();
+                    decode_update(&blob, &mut state).unwrap();
                     prop_assert_eq!(state, recon);
                 }
             }
@@ -110,6 +114,12 @@ proptest! {
         body.extend_from_slice(&sum.to_le_bytes());
         match decode(&body, None) {
             Ok(_) | Err(Error::Corrupt(_)) | Err(Error::Unsupported(_)) => {}
+            Err(e) => prop_assert!(false, "unexpected error kind {e:?}"),
+        }
+        // In place, against a buffer of any size: a typed error, never a panic.
+        let mut state = vec![0u8; bytes.len()];
+        match decode_update(&body, &mut state) {
+            Ok(_) | Err(Error::Corrupt(_)) | Err(Error::Unsupported(_)) | Err(Error::ReferenceMismatch(_)) => {}
             Err(e) => prop_assert!(false, "unexpected error kind {e:?}"),
         }
     }

@@ -59,7 +59,9 @@ pub fn tensor_decode(data: &[u8]) {
             if let Ok(n) = h.numel() {
                 let bytes = (n as usize).saturating_mul(h.dtype.size());
                 if bytes <= 1 << 20 {
-                    let _ = deltackpt::decode(&sealed, Some(&vec![0u8; bytes]));
+                    let mut zeros = vec![0u8; bytes];
+                    let _ = deltackpt::decode(&sealed, Some(&zeros));
+                    let _ = deltackpt::decode_update(&sealed, &mut zeros);
                 }
             }
         } else {

@@ -150,6 +150,28 @@ fn decode<'py>(
     ))
 }
 
+/// Decode into `out` (the tensor's bytes); with `in_place`, `out` holds the reference and is
+/// replaced by the result. Returns the header's dtype, shape and tag.
+#[pyfunction]
+#[pyo3(signature = (blob, out, reference=None, in_place=false))]
+fn decode_into<'py>(
+    py: Python<'py>,
+    blob: &[u8],
+    mut out: PyReadwriteArray1<'py, u8>,
+    reference: Option<PyReadonlyArray1<'py, u8>>,
+    in_place: bool,
+) -> PyResult<(String, Vec<u64>, u8)> {
+    let out = out.as_slice_mut()?;
+    let h = if in_place {
+        without_gil(py, || deltackpt::decode_update(blob, out))
+    } else {
+        let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
+        without_gil(py, || deltackpt::decode_into(blob, reference, out))
+    }
+    .map_err(DkError)?;
+    Ok((h.dtype.name().to_string(), h.shape, h.tag))
+}
+
 #[pyfunction]
 #[pyo3(signature = (data, dtype, shape, reference=None))]
 fn delta_histogram<'py>(
@@ -169,6 +191,13 @@ fn delta_histogram<'py>(
     };
     let h = without_gil(py, || deltackpt::delta_histogram(x, reference)).map_err(DkError)?;
     Ok(PyArray1::from_vec(py, h))
+}
+
+/// xxh3-128 of `data` (16 bytes, little-endian): the checksum of framed chain files.
+#[pyfunction]
+fn checksum128<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    let sum = without_gil(py, || deltackpt::format::checksum128(data));
+    PyBytes::new(py, &sum)
 }
 
 #[pyfunction]
@@ -407,7 +436,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_into, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(checksum128, m)?)?;
     m.add_function(wrap_pyfunction!(delta_histogram, m)?)?;
     m.add_function(wrap_pyfunction!(codec_encode, m)?)?;
     m.add_function(wrap_pyfunction!(codec_decode, m)?)?;
