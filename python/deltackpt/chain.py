@@ -155,25 +155,13 @@ def _dtype_name(x: Any) -> str:
 def _copy_tensor(x: Any, spare: Any = None) -> Any:
     """A contiguous host copy of ``x``, into ``spare`` when it fits (same kind, dtype, shape):
     filling memory already mapped is several times faster than faulting in fresh pages."""
-    if isinstance(x, np.ndarray):
-        if (
-            isinstance(spare, np.ndarray)
-            and spare.dtype == x.dtype
-            and spare.shape == x.shape
-            and spare.flags.c_contiguous
-            and spare.flags.writeable
-        ):
+    if _same_layout(spare, x):
+        if isinstance(x, np.ndarray):
             np.copyto(spare, x)
             return spare
-        return np.array(x, copy=True, order="C")
-    if (
-        _is_torch(spare)
-        and spare.dtype == x.dtype
-        and spare.shape == x.shape
-        and spare.device.type == "cpu"
-        and spare.is_contiguous()
-    ):
         return spare.copy_(x.detach())
+    if isinstance(x, np.ndarray):
+        return np.array(x, copy=True, order="C")
     return x.detach().to("cpu", copy=True).contiguous()
 
 

@@ -386,18 +386,29 @@ trait Work: ExpFloat + TableBytes + Default {
     /// quantizer, shared by decode and the encoder's reconstruction so that both give the
     /// same bytes.
     fn apply(dtype: DType, sym: &[u8], lut: &[Self; 256], base: Base<'_>, out: &mut [u8]) {
-        let mut v = take_scratch(Self::SCRATCH, sym.len());
-        match base {
-            Base::Zero => {}
-            Base::Ref(r) => Self::load(dtype, r, &mut v),
-            Base::Out => Self::load(dtype, out, &mut v),
-        }
-        for (v, s) in v.iter_mut().zip(sym) {
-            *v = v.add(lut[*s as usize]);
-        }
-        Self::store(dtype, &v, out);
-        give_scratch(Self::SCRATCH, v);
+        apply_via_scratch(dtype, sym, lut, base, out);
     }
+}
+
+/// [`Work::apply`] through the working precision: load the base, add, round to `dtype`.
+fn apply_via_scratch<T: Work>(
+    dtype: DType,
+    sym: &[u8],
+    lut: &[T; 256],
+    base: Base<'_>,
+    out: &mut [u8],
+) {
+    let mut v = take_scratch(T::SCRATCH, sym.len());
+    match base {
+        Base::Zero => {}
+        Base::Ref(r) => T::load(dtype, r, &mut v),
+        Base::Out => T::load(dtype, out, &mut v),
+    }
+    for (v, s) in v.iter_mut().zip(sym) {
+        *v = v.add(lut[*s as usize]);
+    }
+    T::store(dtype, &v, out);
+    give_scratch(T::SCRATCH, v);
 }
 
 impl Work for f32 {
@@ -440,17 +451,7 @@ impl Work for f32 {
     }
     fn apply(dtype: DType, sym: &[u8], lut: &[f32; 256], base: Base<'_>, out: &mut [u8]) {
         if dtype != DType::F32 {
-            let mut v = take_scratch(&SCRATCH_F32, sym.len());
-            match base {
-                Base::Zero => {}
-                Base::Ref(r) => float::to_f32(dtype, r, &mut v),
-                Base::Out => float::to_f32(dtype, out, &mut v),
-            }
-            for (v, s) in v.iter_mut().zip(sym) {
-                *v += lut[*s as usize];
-            }
-            float::from_f32(dtype, &v, out);
-            return give_scratch(&SCRATCH_F32, v);
+            return apply_via_scratch(dtype, sym, lut, base, out);
         }
         // The hot path: one fused pass, symbol -> value (+ reference) -> bytes.
         let get = |c: &[u8]| f32::from_le_bytes(c.try_into().unwrap());
@@ -633,22 +634,10 @@ fn histogram<T: Work>(x: Tensor<'_>, reference: Option<&[u8]>) -> Vec<u64> {
         .enumerate()
         .map(|(i, xc)| {
             let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + xc.len()]);
-            let mut h = vec![0u64; T::KEYS];
-            T::with_delta(x.dtype, xc, r, |d| {
-                for v in d {
-                    h[v.key()] += 1;
-                }
-            });
-            h
+            T::with_delta(x.dtype, xc, r, exponent::count_keys)
         })
         .collect();
-    let mut h = vec![0u64; T::KEYS];
-    for p in &parts {
-        for (a, b) in h.iter_mut().zip(p) {
-            *a += b;
-        }
-    }
-    h
+    exponent::sum_histograms::<T>(&parts)
 }
 
 /// Read a blob's header without decoding its payload (the checksum is verified).

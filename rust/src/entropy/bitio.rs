@@ -179,14 +179,7 @@ impl<'a> BackReader<'a> {
             return None;
         }
         let bitpos = data.len() as i64 * 8 - 1 - last.leading_zeros() as i64;
-        let mut r = BackReader {
-            data,
-            avail: bitpos,
-            base: 0,
-            window: 0,
-        };
-        r.refill();
-        Some(r)
+        Some(Self::resume(data, bitpos))
     }
 
     /// Make at least 56 bits available to [`read`](Self::read) (fewer near the start of the

@@ -243,18 +243,23 @@ pub fn quantize_into<T: ExpFloat>(
 
 /// Histogram of the (sign, biased exponent) keys of `x` (`T::KEYS` bins), in the crate pool.
 pub fn key_histogram<T: ExpFloat>(x: &[T]) -> Vec<u64> {
-    let parts: Vec<Vec<u64>> = x
-        .par_chunks(CHUNK)
-        .map(|c| {
-            let mut h = vec![0u64; T::KEYS];
-            for v in c {
-                h[v.key()] += 1;
-            }
-            h
-        })
-        .collect();
+    let parts: Vec<Vec<u64>> = x.par_chunks(CHUNK).map(count_keys).collect();
+    sum_histograms::<T>(&parts)
+}
+
+/// [`key_histogram`] of one slice, on the calling thread.
+pub fn count_keys<T: ExpFloat>(x: &[T]) -> Vec<u64> {
     let mut h = vec![0u64; T::KEYS];
-    for p in &parts {
+    for v in x {
+        h[v.key()] += 1;
+    }
+    h
+}
+
+/// The sum of histograms of `T::KEYS` bins.
+pub fn sum_histograms<T: ExpFloat>(parts: &[Vec<u64>]) -> Vec<u64> {
+    let mut h = vec![0u64; T::KEYS];
+    for p in parts {
         for (a, b) in h.iter_mut().zip(p) {
             *a += b;
         }
