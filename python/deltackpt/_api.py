@@ -55,13 +55,11 @@ def encode(
         check_reference(raw, ref)
     out = None if reconstruction is None else out_raw(reconstruction, raw)
     in_place = out is not None and reconstruction is reference
-    if in_place:
-        ref = out  # the core writes through this view of the reference
     return _core.encode(
         raw.data,
         raw.dtype,
         raw.shape,
-        None if ref is None else ref.data,
+        None if ref is None or in_place else ref.data,
         quantizer=quantizer,
         bits=bits,
         coder=coder,
@@ -73,8 +71,8 @@ def encode(
         seed=seed,
         floor_exponent=None if bucket_floor is None else bucket_floor[0],
         floor_sign=None if bucket_floor is None else bucket_floor[1],
-        reconstruction=None if out is None or in_place else out.data,
-        update_reference=in_place,
+        reconstruction=None if out is None else out.data,
+        in_place=in_place,
     )
 
 

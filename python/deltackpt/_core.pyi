@@ -24,7 +24,7 @@ def encode(
     floor_exponent: int | None = None,
     floor_sign: int | None = None,
     reconstruction: npt.NDArray[np.uint8] | None = None,
-    update_reference: bool = False,
+    in_place: bool = False,
 ) -> bytes: ...
 def delta_histogram(
     data: npt.NDArray[np.uint8],

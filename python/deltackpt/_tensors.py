@@ -94,14 +94,16 @@ def check_reference(x: Raw, ref: Raw) -> None:
         )
 
 
+def writable_host(x: Any) -> bool:
+    """``x`` is a numpy array or torch tensor the core can write into: contiguous CPU memory."""
+    if is_torch(x):
+        return bool(x.device.type == "cpu" and x.is_contiguous())
+    return isinstance(x, np.ndarray) and bool(x.flags.c_contiguous and x.flags.writeable)
+
+
 def out_raw(out: Any, like: Raw, what: str = "reconstruction") -> Raw:
     """View a caller's output buffer as raw bytes that the core writes into (never a copy)."""
-    contiguous_cpu = (
-        out.device.type == "cpu" and out.is_contiguous()
-        if is_torch(out)
-        else isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable
-    )
-    if not contiguous_cpu:
+    if not writable_host(out):
         raise InvalidArgumentError(
             f"{what} must be a writable, contiguous CPU numpy array or torch tensor"
         )

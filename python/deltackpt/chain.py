@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from ._api import decode, delta_histogram, encode
+from ._tensors import writable_host
 from .errors import CorruptDataError, DeltackptError, NonFiniteError, UnsupportedError
 from .store import Store, open_store
 
@@ -264,17 +265,11 @@ def _from_raw(buf: bytes, lib: str, dtype: str, shape: list[int]) -> Any:
     return torch.frombuffer(bytearray(buf), dtype=torch.uint8).view(tdt).reshape(shape)
 
 
-def _writable_host(x: Any) -> bool:
-    if isinstance(x, np.ndarray):
-        return bool(x.flags.c_contiguous and x.flags.writeable)
-    return bool(x.device.type == "cpu" and x.is_contiguous())
-
-
 def _same_layout(a: Any, b: Any) -> bool:
     """``a`` can take ``b``'s values: same kind, dtype and shape, contiguous host memory."""
     if a is None or isinstance(a, np.ndarray) != isinstance(b, np.ndarray):
         return False
-    return bool(a.dtype == b.dtype and a.shape == b.shape and _writable_host(a))
+    return bool(a.dtype == b.dtype and a.shape == b.shape and writable_host(a))
 
 
 def _clamp0(x: Any) -> Any:
@@ -851,7 +846,7 @@ class CheckpointChain:
                     if level > 0:
                         b = min(b + (self.anchor_bits - self.bits), 8)
                     ref = base_lv.recon[leaf.path]
-                    if in_place and id(ref) not in shared and _writable_host(ref):
+                    if in_place and id(ref) not in shared and writable_host(ref):
                         out, updated = ref, True
                     else:
                         out = self._spare_recon.pop(leaf.path, None)
@@ -954,7 +949,7 @@ class CheckpointChain:
             path: a
             for lv in dropped
             for path, a in lv.recon.items()
-            if id(a) not in live and _writable_host(a)
+            if id(a) not in live and writable_host(a)
         }
         self._apply_retention()
 
@@ -1251,7 +1246,7 @@ class CheckpointChain:
             raise _corrupt(f"tensor {path}: unknown mode {first[0]!r}")
         for r, entry, nonneg in reversed(chain[:-1]):
             # x is this restore's own buffer: each delta is applied to it in place
-            out = x if _writable_host(x) else None
+            out = x if writable_host(x) else None
             x = decode(self._blob(r, entry, cache), reference=x, out=out)
             if nonneg:
                 x = _clamp0(x)

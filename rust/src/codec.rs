@@ -241,34 +241,23 @@ fn encode_inner(x: Tensor<'_>, mut target: Target<'_>, opts: &EncodeOptions) -> 
     if reference.is_some() {
         header.flags |= FLAG_REFERENCE;
     }
-    if opts.quantizer == Quantizer::Exponent {
-        header.bits = opts.bits;
-        if opts.bucket_value == BucketValue::Midpoint {
-            header.flags |= FLAG_MIDPOINT;
-        }
-        let params = &mut header.params;
-        let chunks = parallel::install(|| {
-            if x.dtype == DType::F64 {
-                encode_exponent::<f64>(x, &mut target, opts, params)
-            } else {
-                encode_exponent::<f32>(x, &mut target, opts, params)
-            }
-        })?;
-        header.chunk_sizes = chunks.iter().map(|c| c.len() as u64).collect();
-        return Ok(format::write(&header, &chunks));
-    }
+    let params = &mut header.params;
     let chunks = parallel::install(|| match opts.quantizer {
-        Quantizer::None => lossless::encode_chunks(x.dtype, x.data, reference, opts),
-        Quantizer::Exponent => unreachable!("coded above"),
+        Quantizer::None => lossless::encode_chunks(x.dtype, x.data, target.reference(), opts),
+        // Writes the reconstruction itself, in the coding pass.
+        Quantizer::Exponent if x.dtype == DType::F64 => {
+            encode_exponent::<f64>(x, &mut target, opts, params)
+        }
+        Quantizer::Exponent => encode_exponent::<f32>(x, &mut target, opts, params),
         Quantizer::Uniform | Quantizer::Lattice => {
-            header.bits = opts.bits;
+            let reference = target.reference();
             let d = if x.dtype == DType::F64 {
                 delta_all::<f64>(x.dtype, x.data, reference, opts.chunk_elems)
             } else {
                 let d32 = delta_all::<f32>(x.dtype, x.data, reference, opts.chunk_elems);
                 d32.par_iter().map(|&v| v as f64).collect()
             };
-            let (symbols, params) = if opts.quantizer == Quantizer::Uniform {
+            let (symbols, scalar_params) = if opts.quantizer == Quantizer::Uniform {
                 scalar::uniform_encode(&d, opts.bits, opts.symmetric)
             } else {
                 let search = FindBasisOptions {
@@ -279,16 +268,24 @@ fn encode_inner(x: Tensor<'_>, mut target: Target<'_>, opts: &EncodeOptions) -> 
                 scalar::lattice_encode(&d, opts.bits, opts.dim, &search)
             }
             .map_err(|e| with_delta_context(e, reference.is_some()))?;
-            header.params = params;
+            *params = scalar_params;
             symbols
                 .par_chunks(opts.chunk_elems)
                 .map(|c| entropy::encode(c, opts.coder))
                 .collect()
         }
     })?;
+    if opts.quantizer != Quantizer::None {
+        header.bits = opts.bits;
+    }
+    if opts.quantizer == Quantizer::Exponent && opts.bucket_value == BucketValue::Midpoint {
+        header.flags |= FLAG_MIDPOINT;
+    }
     header.chunk_sizes = chunks.iter().map(|c| c.len() as u64).collect();
     let blob = format::write(&header, &chunks);
-    target.reconstruct_by_decoding(&blob, x, opts.quantizer == Quantizer::None)?;
+    if opts.quantizer != Quantizer::Exponent {
+        target.reconstruct_by_decoding(&blob, x, opts.quantizer == Quantizer::None)?;
+    }
     Ok(blob)
 }
 
@@ -316,6 +313,11 @@ fn with_delta_context(e: Error, delta: bool) -> Error {
         },
         e => e,
     }
+}
+
+/// Chunk `i` (`len` bytes) of a buffer cut into chunks of `chunk_bytes`.
+fn chunk_of(r: Option<&[u8]>, i: usize, chunk_bytes: usize, len: usize) -> Option<&[u8]> {
+    r.map(|r| &r[i * chunk_bytes..i * chunk_bytes + len])
 }
 
 /// What the dequantized values are added to.
@@ -509,8 +511,7 @@ fn encode_exponent<T: Work>(
     let chunk_bytes = opts.chunk_elems * size;
     let plan = {
         let reference = target.reference();
-        let ref_chunk =
-            |i: usize, len: usize| reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + len]);
+        let ref_chunk = |i: usize, len: usize| chunk_of(reference, i, chunk_bytes, len);
         let stats: Vec<BucketStats> = x
             .data
             .par_chunks(chunk_bytes)
@@ -531,11 +532,8 @@ fn encode_exponent<T: Work>(
                     .chunks(chunk_bytes)
                     .enumerate()
                     .find_map(|(i, xc)| {
-                        let neg = T::KEYS / 2;
                         T::with_delta(dtype, xc, ref_chunk(i, xc.len()), |d| {
-                            d.iter()
-                                .position(|v| v.key() & (neg - 1) == T::EXP_SPECIAL)
-                                .map(|p| (i * opts.chunk_elems + p) as u64)
+                            exponent::first_non_finite(d).map(|p| (i * opts.chunk_elems + p) as u64)
                         })
                     })
                     .unwrap_or(0);
@@ -556,18 +554,15 @@ fn encode_exponent<T: Work>(
         give_scratch(&SCRATCH_SYM, s);
         blob
     };
-    let xs = x.data.par_chunks(chunk_bytes);
+    let xs = x.data.par_chunks(chunk_bytes).enumerate();
     match target {
-        Target::Plain(None) => xs.map(|xc| code(symbols(xc, None))).collect(),
-        Target::Plain(Some(r)) => xs
-            .zip(r.par_chunks(chunk_bytes))
-            .map(|(xc, rc)| code(symbols(xc, Some(rc))))
+        Target::Plain(r) => xs
+            .map(|(i, xc)| code(symbols(xc, chunk_of(*r, i, chunk_bytes, xc.len()))))
             .collect(),
         Target::Into(r, out) => xs
             .zip(out.par_chunks_mut(chunk_bytes))
-            .enumerate()
-            .map(|(i, (xc, oc))| {
-                let rc = r.map(|r| &r[i * chunk_bytes..i * chunk_bytes + xc.len()]);
+            .map(|((i, xc), oc)| {
+                let rc = chunk_of(*r, i, chunk_bytes, xc.len());
                 let s = symbols(xc, rc);
                 T::apply(dtype, &s, &lut, Base::of(rc), oc);
                 code(s)
@@ -575,7 +570,7 @@ fn encode_exponent<T: Work>(
             .collect(),
         Target::Update(r) => xs
             .zip(r.par_chunks_mut(chunk_bytes))
-            .map(|(xc, rc)| {
+            .map(|((_, xc), rc)| {
                 let s = symbols(xc, Some(rc));
                 T::apply(dtype, &s, &lut, Base::Out, rc);
                 code(s)
@@ -633,7 +628,7 @@ fn histogram<T: Work>(x: Tensor<'_>, reference: Option<&[u8]>) -> Vec<u64> {
         .par_chunks(chunk_bytes)
         .enumerate()
         .map(|(i, xc)| {
-            let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + xc.len()]);
+            let r = chunk_of(reference, i, chunk_bytes, xc.len());
             T::with_delta(x.dtype, xc, r, exponent::count_keys)
         })
         .collect();
@@ -828,7 +823,7 @@ fn apply_chunks<T: Work>(
         .try_for_each(|(i, (o, c))| -> Result<()> {
             let mut sym = take_scratch(&SCRATCH_SYM, o.len() / size);
             let b = match base {
-                Base::Ref(r) => Base::Ref(&r[i * chunk_bytes..i * chunk_bytes + o.len()]),
+                Base::Ref(r) => Base::of(chunk_of(Some(r), i, chunk_bytes, o.len())),
                 other => other,
             };
             let done = entropy::decode_into(c, &mut sym)
@@ -864,7 +859,7 @@ fn decode_scalar(
         .zip(values.par_chunks(chunk_elems))
         .enumerate()
         .for_each(|(i, (o, v))| {
-            let r = reference.map(|r| &r[i * chunk_bytes..i * chunk_bytes + o.len()]);
+            let r = chunk_of(reference, i, chunk_bytes, o.len());
             if dtype == DType::F64 {
                 let mut w = v.to_vec();
                 if let Some(r) = r {

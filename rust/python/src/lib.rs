@@ -2,8 +2,8 @@
 //!
 //! Tensors cross as 1-D `uint8` numpy arrays of little-endian element bytes plus a dtype name
 //! and a shape; the Python layer (`deltackpt._tensors`) views them as numpy or torch tensors.
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadwriteArray1};
-use pyo3::exceptions::{PyException, PyValueError};
+use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyType};
@@ -59,14 +59,14 @@ fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
 }
 
 #[pyfunction]
-#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0, symmetric=true, dim=3, lattice_iters=400, seed=0, floor_exponent=None, floor_sign=None, reconstruction=None, update_reference=false))]
+#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0, symmetric=true, dim=3, lattice_iters=400, seed=0, floor_exponent=None, floor_sign=None, reconstruction=None, in_place=false))]
 #[allow(clippy::too_many_arguments)]
 fn encode<'py>(
     py: Python<'py>,
     data: PyReadonlyArray1<'py, u8>,
     dtype: &str,
     shape: Vec<u64>,
-    reference: Option<Bound<'py, PyArray1<u8>>>,
+    reference: Option<PyReadonlyArray1<'py, u8>>,
     quantizer: &str,
     bits: u8,
     coder: &str,
@@ -79,7 +79,7 @@ fn encode<'py>(
     floor_exponent: Option<u16>,
     floor_sign: Option<u8>,
     reconstruction: Option<PyReadwriteArray1<'py, u8>>,
-    update_reference: bool,
+    in_place: bool,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let opts = EncodeOptions {
         quantizer: Quantizer::from_name(quantizer).map_err(DkError)?,
@@ -104,31 +104,18 @@ fn encode<'py>(
         shape: &shape,
         data,
     };
-    let blob = if update_reference {
-        let reference = reference
-            .ok_or_else(|| PyValueError::new_err("update_reference needs a reference to update"))?;
-        let mut rw = reference
-            .try_readwrite()
-            .map_err(|e| PyValueError::new_err(format!("reference cannot be updated: {e}")))?;
-        let r = rw.as_slice_mut()?;
-        without_gil(py, || deltackpt::encode_update(x, r, &opts))
-    } else {
-        let ro = reference
-            .as_ref()
-            .map(|r| r.try_readonly())
-            .transpose()
-            .map_err(|e| PyValueError::new_err(format!("reference cannot be read: {e}")))?;
-        let reference = ro.as_ref().map(|r| r.as_slice()).transpose()?;
-        let mut reconstruction = reconstruction;
-        let out = reconstruction
-            .as_mut()
-            .map(|r| r.as_slice_mut())
-            .transpose()?;
-        without_gil(py, || match out {
-            Some(out) => deltackpt::encode_reconstruct(x, reference, &opts, out),
-            None => deltackpt::encode(x, reference, &opts),
-        })
-    }
+    // With `in_place`, `reconstruction` holds the reference and is replaced by the result.
+    let mut reconstruction = reconstruction;
+    let out = reconstruction
+        .as_mut()
+        .map(|r| r.as_slice_mut())
+        .transpose()?;
+    let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
+    let blob = without_gil(py, || match out {
+        Some(out) if in_place => deltackpt::encode_update(x, out, &opts),
+        Some(out) => deltackpt::encode_reconstruct(x, reference, &opts, out),
+        None => deltackpt::encode(x, reference, &opts),
+    })
     .map_err(DkError)?;
     Ok(PyBytes::new(py, &blob))
 }

@@ -525,13 +525,6 @@ fn decode_symbols_dispatch<'a>(
 }
 
 pub(crate) fn decode_with(t: &DTable, bits: &[u8], out: &mut [u8]) -> Result<()> {
-    let (st, r) = start(t, bits)?;
-    let (st, r) = decode_symbols_dispatch(t, st, r, out);
-    finish(st, r)
-}
-
-/// The reader and the four initial states of a stream.
-fn start<'a>(t: &DTable, bits: &'a [u8]) -> Result<([usize; LANES], BackReader<'a>)> {
     let mut r = BackReader::new(bits)
         .ok_or_else(|| Error::corrupt("tANS bit stream lacks its end marker"))?;
     // Every symbol costs at least 0 bits, so the payload cannot bound n; the loop is bounded by
@@ -541,11 +534,7 @@ fn start<'a>(t: &DTable, bits: &'a [u8]) -> Result<([usize; LANES], BackReader<'
         r.refill();
         *x = r.read(t.log) as usize;
     }
-    Ok((st, r))
-}
-
-/// A stream decoded exactly ends with every state back at 0 and every bit read.
-fn finish(st: [usize; LANES], r: BackReader<'_>) -> Result<()> {
+    let (st, r) = decode_symbols_dispatch(t, st, r, out);
     if r.remaining() != 0 || st.iter().any(|&x| x != 0) {
         return Err(Error::corrupt(
             "tANS stream does not end where its symbols do",

@@ -323,18 +323,20 @@ pub struct BucketPlan<T> {
     pub table: Vec<T>,
 }
 
+/// Index of the first NaN or Inf in `x`.
+pub fn first_non_finite<T: ExpFloat>(x: &[T]) -> Option<usize> {
+    let exponent_mask = T::KEYS / 2 - 1;
+    x.iter()
+        .position(|v| v.key() & exponent_mask == T::EXP_SPECIAL)
+}
+
 /// A plan could not be made because the values hold NaN or Inf.
 pub struct NonFiniteValues(u64);
 
 impl NonFiniteValues {
     /// The typed error, with the index of the first non-finite element of `x`.
     pub fn with_first_index<T: ExpFloat>(self, x: &[T]) -> Error {
-        let neg = T::KEYS / 2;
-        let first = x
-            .iter()
-            .position(|v| v.key() & (neg - 1) == T::EXP_SPECIAL)
-            .unwrap_or(0);
-        self.at(first as u64)
+        self.at(first_non_finite(x).unwrap_or(0) as u64)
     }
 
     /// The typed error, with the index of the first non-finite element given.
