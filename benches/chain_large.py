@@ -48,7 +48,7 @@ def main() -> None:
         reader = dk.CheckpointChain(root, mode="r")
         restore_s = []
         for _ in range(3):
-            reader._records.clear()  # re-read the records every round
+            reader.records.clear()  # re-read the records every round
             t0 = time.perf_counter()
             reader.restore()
             restore_s.append(time.perf_counter() - t0)

@@ -56,7 +56,8 @@ from torch import nn
 
 import deltackpt
 from deltackpt._realdata import accuracy, lenet5, load_digits_32
-from deltackpt.chain import CheckpointChain, _record_name
+from deltackpt.chain import CheckpointChain
+from deltackpt.chain.records import record_name
 from deltackpt.lora import apply_delta_lora
 
 SOURCE = {  # model -> mechanism -> (ratio, space savings %, acc restored, acc full)
@@ -275,7 +276,7 @@ def run(
             chain.store.size(n)
             for s in chain.steps()
             if switch_step is not None and s > switch_step
-            for n in [*chain.info(s)["files"], _record_name("main", s)]
+            for n in [*chain.info(s)["files"], record_name("main", s)]
         )
     shutil.rmtree(path, ignore_errors=True)
     ratio = stats["raw_bytes"] / stats["stored_bytes"]

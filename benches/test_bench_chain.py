@@ -60,7 +60,7 @@ def test_bench_restore_latest(benchmark: Any, tmp_path: Path, kind: str) -> None
     assert reader.info()["depth"] == 10  # keyframe + 1 anchor + 8 steps: the worst case here
 
     def restore() -> Any:
-        reader._records.clear()  # a fresh read every round
+        reader.records.clear()  # a fresh read every round
         return reader.restore()
 
     got = benchmark.pedantic(restore, rounds=10, iterations=1, warmup_rounds=1)

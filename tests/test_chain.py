@@ -594,7 +594,7 @@ def test_global_priority_promotion_matches_the_lc_rule() -> None:
     """Elements kept under the chain's state-wide floors are exactly the 2^b - 1 largest
     (sign, exponent) buckets of the whole state's delta, checked against a direct frexp
     implementation."""
-    from deltackpt.chain import _global_floors
+    from deltackpt.chain.policy import global_floors
 
     rng = np.random.default_rng(4)
     for trial in range(20):
@@ -603,7 +603,7 @@ def test_global_priority_promotion_matches_the_lc_rule() -> None:
         xs = [r + (s * rng.standard_normal(r.size)).astype(np.float32) for r, s in zip(refs, scale)]
         xs[1][:5] = refs[1][:5]  # exact zeros in the delta
         bits = int(rng.integers(1, 4))
-        floors = _global_floors(xs, refs, bits)
+        floors = global_floors(xs, refs, bits)
         deltas = [x - r for x, r in zip(xs, refs)]  # the float32 deltas the encoder sees
         out = [dk.decode(dk.encode(d, bits=bits, bucket_floor=f)) for d, f in zip(deltas, floors)]
         d = np.concatenate(deltas)

@@ -134,12 +134,10 @@ def _records(chain: Any) -> list[tuple[str, int]]:
 
 def _record_sizes(chain: Any, rid: tuple[str, int]) -> tuple[int, int]:
     """(stored bytes, raw fp bytes) of one record: its record file plus its data files."""
-    info = chain.info(rid[1], rid[0])
-    store = chain.store
-    stored = store.size(f"records/{rid[0]}/{rid[1]:012d}.json")
-    stored += sum(store.size(f) for f in info["files"])
-    rec = chain._record(rid)  # raw_bytes is only in the record itself
-    return stored, int(rec.raw_bytes)
+    from .chain.inspect import stored_bytes
+
+    rec = chain.records.record(rid)
+    return stored_bytes(chain.records, rec), int(rec.raw_bytes)
 
 
 def _open_chain(path: str) -> Any:
@@ -196,6 +194,8 @@ def inspect_cmd(path: str, quiet: bool = False) -> int:
         for b in branches:
             print(f"branch {b}: committed steps {committed_steps(store, b)}")
     else:
+        from .chain.branches import branch_info
+
         with _open_chain(path) as chain:
             cfg = json.loads(store.read("chain.json"))
             print(
@@ -203,7 +203,7 @@ def inspect_cmd(path: str, quiet: bool = False) -> int:
                 f"{cfg.get('anchor_every')}, keyframe_every {cfg.get('keyframe_every')}"
             )
             for b in chain.branches():
-                parent = chain._branch_info(b).get("parent")
+                parent = branch_info(chain.store, b).get("parent")
                 where = f" (from {parent['branch']} @ {parent['step']})" if parent else ""
                 print(
                     f"branch {b}{where}: {len(chain.steps(b))} steps"

@@ -68,6 +68,8 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from .chain import CheckpointChain
+from .chain.branches import resolve
+from .chain.restore import decode_paths
 from .errors import CorruptDataError, UnsupportedError
 from .store import Store, open_store
 
@@ -772,27 +774,19 @@ def _restore_items(
 ) -> dict[str, dict[str, Any]]:
     """The items ``wanted`` ((group, leaf) pairs; None: all) of a rank chain at ``step``.
 
-    Decodes only those tensors (a resharded load needs a part of each source rank) through the
-    chain's record/schema readers; falls back to a full :meth:`CheckpointChain.restore` if the
-    chain's internals differ.
+    Decodes only those tensors (a resharded load needs a part of each source rank).
     """
-    if wanted is not None:
-        try:
-            rid = chain._resolve(step, branch)
-            rec = chain._record(rid)
-            sch = chain._schema(rec.schema)
-            paths = {json.dumps([g, leaf]): (g, leaf) for g, leaf in wanted}
-            idx = [i for i, t in enumerate(sch.tensors) if t["path"] in paths]
-            tensors, _ = chain._decode_tensors(rec, sch, idx)
-        except (AttributeError, TypeError):
-            pass
-        else:
-            out: dict[str, dict[str, Any]] = {}
-            for i in idx:
-                g, leaf = paths[sch.tensors[i]["path"]]
-                out.setdefault(g, {})[leaf] = tensors[i]
-            return out
-    return chain.restore(step, branch)  # type: ignore[no-any-return]
+    if wanted is None:
+        return chain.restore(step, branch)  # type: ignore[no-any-return]
+    # a chain path is the JSON of the keys leading to the tensor: [group, leaf] here
+    paths = {json.dumps([g, leaf]): (g, leaf) for g, leaf in wanted}
+    rid = resolve(chain.store, branch, step)
+    tensors = decode_paths(chain.records, rid, lambda t: t["path"] in paths, chain.threads)
+    out: dict[str, dict[str, Any]] = {}
+    for path, x in tensors.items():
+        g, leaf = paths[path]
+        out.setdefault(g, {})[leaf] = x
+    return out
 
 
 def _sorted_by_rank(items: list[Any], storage: dict[MetadataIndex, ItemLocation]) -> Iterator[Any]:

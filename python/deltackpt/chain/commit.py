@@ -1,0 +1,225 @@
+"""Committing one save: its tensors coded into data files, then its schema, then its record.
+
+The order of writes is the commit protocol (docs/CHAIN.md): the data files (no directory sync
+each), the schema if it is new (synced), a sync of the data directory, and the record last:
+the record *is* the commit, and a reader never sees a record whose data is not durable. A save
+that fails before its record deletes the files it wrote; a process killed meanwhile leaves
+files no record names, which the next writer removes (:func:`.retention.collect_garbage`).
+The writer's references are advanced only after the record is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._api import encode
+from ..errors import NonFiniteError
+from ..store import Store
+from .branches import history
+from .config import ChainConfig
+from .policy import Plan, bucket_floors, plan_save, tensor_bits, tensor_mode
+from .records import (
+    Record,
+    Records,
+    blob_name,
+    data_dir,
+    data_prefix,
+    group_name,
+)
+from .references import Level, OutputBuffers, References
+from .snapshot import Leaf, Snapshot, TensorKey, check_finite, clamp0, raw_bytes
+
+_OWN_FILE_ABOVE = 1 << 20  # a blob this large gets a file of its own whatever its mode
+
+
+class DataFiles:
+    """The data files of one save. A large tensor's blob goes to a file of its own, written
+    at once (a save never holds every blob in memory); the small ones are concatenated into
+    the group file (file 0), written last."""
+
+    def __init__(self, store: Store, prefix: str, group_below: int) -> None:
+        self.store, self.prefix, self.group_below = store, prefix, group_below
+        self.names = [group_name(prefix)]
+        self.group: list[bytes] = []
+        self.group_len = 0
+        self.written: list[str] = []
+
+    def add(self, mode: str, blob: bytes, numel: int) -> list[Any]:
+        """Place one tensor's blob; return its record entry ``[mode, file, offset, length]``."""
+        if (mode != "raw" and numel >= self.group_below) or len(blob) > _OWN_FILE_ABOVE:
+            name = blob_name(self.prefix, len(self.names))
+            self.store.write(name, blob, sync_dir=False)
+            self.written.append(name)
+            self.names.append(name)
+            return [mode, len(self.names) - 1, 0, len(blob)]
+        entry = [mode, 0, self.group_len, len(blob)]
+        self.group.append(blob)
+        self.group_len += len(blob)
+        return entry
+
+    def finish(self) -> list[str]:
+        """Write the group file; return every file name, the group file first."""
+        self.store.write(self.names[0], b"".join(self.group), sync_dir=False)
+        self.written.append(self.names[0])
+        return self.names
+
+    def discard(self) -> None:
+        for name in self.written:
+            with contextlib.suppress(Exception):
+                self.store.delete(name)
+
+
+@dataclass
+class Coded:
+    """One save's tensors as coded: record entries, and the reconstructions to keep."""
+
+    entries: list[list[Any]] = field(default_factory=list)
+    recon: dict[str, Any] = field(default_factory=dict)  # path -> reconstruction
+    meta: dict[str, TensorKey] = field(default_factory=dict)
+
+
+class TensorCoder:
+    """Codes the tensors of one save as the policy says (mode, bits, bucket floor), writing
+    each delta's reconstruction for the saves coded against this one."""
+
+    def __init__(
+        self, cfg: ChainConfig, refs: References, base: Level | None, level: int, snap: Snapshot
+    ) -> None:
+        self.cfg, self.base, self.level = cfg, base, level
+        self.floors = (
+            {} if base is None else bucket_floors(snap.leaves, base.meta, base.recon, level, cfg)
+        )
+        self.outputs = None if base is None else OutputBuffers(refs, base, level, snap)
+
+    @property
+    def updated_references(self) -> bool:
+        return self.outputs is not None and self.outputs.updated
+
+    def code_all(self, snap: Snapshot, files: DataFiles) -> Coded:
+        coded = Coded()
+        for leaf in snap.leaves:
+            mode, blob, recon = self.code(leaf)
+            if recon is not None:
+                coded.recon[leaf.path], coded.meta[leaf.path] = recon, leaf.key
+            coded.entries.append(files.add(mode, blob, leaf.numel))
+        return coded
+
+    def code(self, leaf: Leaf) -> tuple[str, bytes, Any]:
+        """(mode, blob, reconstruction or None for tensors stored raw from the start)."""
+        x = leaf.value
+        base_key = None if self.base is None else self.base.meta.get(leaf.path)
+        mode = tensor_mode(leaf, base_key)
+        if mode == "raw":
+            return mode, raw_bytes(x), None
+        if mode == "key":
+            blob, recon = encode(x, quantizer="none", coder=self.cfg.coder), x
+        else:
+            blob, recon = self.delta(leaf)
+        if len(blob) >= leaf.nbytes:
+            # tiny tensors: the exact bytes are smaller than a coded blob (and start a chain)
+            return "raw", raw_bytes(x), x
+        return mode, blob, recon
+
+    def delta(self, leaf: Leaf) -> tuple[bytes, Any]:
+        """Code ``leaf`` against the base's reconstruction; the core writes the new one."""
+        assert self.base is not None and self.outputs is not None  # mode "delta" has a base
+        ref = self.base.recon[leaf.path]
+        out = self.outputs.take(leaf.path, ref)
+        try:
+            blob = encode(
+                leaf.value,
+                reference=ref,
+                quantizer="exponent",
+                bits=tensor_bits(self.cfg, leaf.optimizer, self.level),
+                coder=self.cfg.coder,
+                bucket_floor=self.floors.get(leaf.path),
+                reconstruction=out,
+            )
+        except NonFiniteError as e:  # raised before anything is written
+            raise type(e)(f"tensor {leaf.path}: {e}") from e
+        return blob, clamp0(out) if leaf.nonneg else out
+
+
+def commit(
+    records: Records,
+    refs: References,
+    cfg: ChainConfig,
+    branch: str,
+    step: int,
+    snap: Snapshot,
+    *,
+    exact: bool,
+    replace: bool = False,
+) -> Record:
+    """Encode and write the save of ``step`` on ``branch``; then advance the references.
+
+    ``replace`` rewrites that step's record as an exact keyframe (a branch point).
+    """
+    if refs.stale:  # a failed save had started updating references in place
+        refs.rebuild(records, history(records.store, branch), cfg.threads)
+    if not exact:
+        for leaf in snap.leaves:
+            if leaf.is_float:
+                check_finite(leaf)
+    plan = _plan(records, refs, cfg, step, exact or replace)
+    base = None if plan.base is None else refs.levels[plan.base]
+    coder = TensorCoder(cfg, refs, base, plan.level, snap)
+    prefix = data_prefix(branch, step, os.urandom(4).hex())
+    files = DataFiles(records.store, prefix, cfg.group_below)
+    try:
+        coded = coder.code_all(snap, files)
+        names = files.finish()
+        schema = records.put_schema(snap)
+        rec = _record(branch, step, plan, base, snap, coded, names, schema, cfg)
+        old = records.record(rec.rid) if replace else None
+        records.store.sync_dirs({data_dir(branch)})  # data durable before the commit
+        records.put(rec)
+    except BaseException:
+        refs.stale = refs.stale or coder.updated_references
+        files.discard()
+        raise
+    if old is not None:
+        for name in old.files:
+            if name not in rec.files:
+                records.store.delete(name)
+    refs.advance(Level(plan.level, rec.rid, coded.recon, coded.meta), snap)
+    return rec
+
+
+def _plan(records: Records, refs: References, cfg: ChainConfig, step: int, exact: bool) -> Plan:
+    top = refs.levels[-1].rid if refs.levels else None
+    last_ordinal = None if top is None or exact else records.record(top).ordinal
+    return plan_save(refs.stack(), last_ordinal, step, exact=exact, cfg=cfg)
+
+
+def _record(
+    branch: str,
+    step: int,
+    plan: Plan,
+    base: Level | None,
+    snap: Snapshot,
+    coded: Coded,
+    files: list[str],
+    schema: str,
+    cfg: ChainConfig,
+) -> Record:
+    """The record of a coded save (not written yet)."""
+    return Record(
+        branch=branch,
+        step=step,
+        kind=plan.kind,
+        level=plan.level,
+        ordinal=plan.ordinal,
+        base=None if base is None else base.rid,
+        schema=schema,
+        values=snap.values,
+        entries=coded.entries,
+        files=files,
+        bits=cfg.bits,
+        raw_bytes=sum(lf.nbytes for lf in snap.leaves),
+        time=time.time(),
+    )

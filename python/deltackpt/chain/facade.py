@@ -1,0 +1,355 @@
+"""``CheckpointChain``: the chain's public face, a thin layer over its rooms.
+
+Each method checks its arguments and the writer's state, then hands the work to the room that
+does it (:mod:`.commit`, :mod:`.restore`, :mod:`.branches`, :mod:`.retention`, :mod:`.inspect`);
+the facade holds only what ties them together: the settings, the record cache, the reference
+stack, the current branch and the background save in flight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from ..store import Store, open_store
+from . import branches, inspect, retention
+from .commit import commit
+from .config import ChainConfig
+from .records import (
+    CHAIN_FILE,
+    RecId,
+    Records,
+    check_chain_file,
+    check_name,
+    read_json,
+    write_chain_file,
+)
+from .references import References
+from .restore import restore_state
+from .snapshot import Snapshot, snapshot
+
+
+def _setting(name: str) -> Any:
+    """A read-only attribute that reads the chain's :class:`~.config.ChainConfig`."""
+    return property(lambda self: getattr(self.config, name), doc=f"the ``{name}`` setting")
+
+
+class CheckpointChain:
+    """Compressed, crash-safe, branchable checkpoints of a training run.
+
+    ``CheckpointChain(path_or_url, bits=3, anchor_every=10)`` opens (or creates) a chain in a
+    local directory or an fsspec URL. ``mode="a"`` takes the writer lock (one writer at a time;
+    a stale lock of a dead process on this host is recovered); ``mode="r"`` only reads and never
+    needs the lock. Use it as a context manager, or call :meth:`close`.
+
+    >>> import numpy as np, deltackpt as dk
+    >>> w = np.linspace(-1, 1, 5000, dtype=np.float32)
+    >>> with dk.CheckpointChain("memory://doc-chain", anchor_every=4) as chain:
+    ...     for step in range(6):
+    ...         chain.save(step, {"w": w + 0.01 * step, "epoch": step // 3})
+    ...     chain.branch_point("before-slot-2")
+    ...     state = chain.restore(3)
+    ...     exact = chain.rollback("before-slot-2")
+    ...     (state["epoch"], chain.steps(), chain.branch)
+    5
+    (1, [0, 1, 2, 3, 4, 5], 'before-slot-2.1')
+    >>> bool((exact["w"] == w + 0.01 * 5).all())
+    True
+
+    Parameters: ``bits`` of the exponent quantizer for steps; ``anchor_every`` (S) the anchor
+    period, each level multiplying it; ``keyframe_every`` steps between periodic exact
+    keyframes (None: only the first save, branch points and ``exact=True``);
+    ``optimizer_bits`` for optimizer moments (default ``bits``); ``anchor_bits`` for anchors
+    (default ``bits + 1``); ``max_to_keep`` / ``keep_every`` retention on the current branch
+    (records that a kept step, a branch point or the writer depends on are never deleted, and
+    stay listed); ``async_save`` encodes and writes in one background thread (one save in
+    flight); ``scope="state"`` chooses the kept exponent buckets over the whole state (model
+    and optimizer separately), as LC-checkpoint quantizes the delta in R^n, while each tensor
+    keeps its own table and coder; ``scope="tensor"`` chooses them per tensor (more precise
+    for tensors with small updates, denser, larger);
+    ``group_below`` tensors with fewer elements share one file per save; ``coder``
+    is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in parallel on restore.
+    """
+
+    bits = _setting("bits")
+    anchor_every = _setting("anchor_every")
+    keyframe_every = _setting("keyframe_every")
+    optimizer_bits = _setting("optimizer_bits")
+    anchor_bits = _setting("anchor_bits")
+    max_to_keep = _setting("max_to_keep")
+    keep_every = _setting("keep_every")
+    group_below = _setting("group_below")
+    coder = _setting("coder")
+    scope = _setting("scope")
+    threads = _setting("threads")
+
+    def __init__(
+        self,
+        path_or_url: str | os.PathLike[str] | Store,
+        *,
+        bits: int = 3,
+        anchor_every: int = 10,
+        keyframe_every: int | None = 1000,
+        optimizer_bits: int | None = None,
+        anchor_bits: int | None = None,
+        max_to_keep: int | None = None,
+        keep_every: int | None = None,
+        async_save: bool = False,
+        mode: str = "a",
+        group_below: int = 4096,
+        coder: str = "auto",
+        scope: str = "state",
+        threads: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if mode not in ("a", "r"):
+            raise ValueError("mode must be 'a' (append/write) or 'r' (read only)")
+        self.config = ChainConfig(
+            bits=bits,
+            anchor_every=anchor_every,
+            keyframe_every=keyframe_every,
+            optimizer_bits=bits if optimizer_bits is None else optimizer_bits,
+            anchor_bits=min(bits + 1, 8) if anchor_bits is None else anchor_bits,
+            max_to_keep=max_to_keep,
+            keep_every=keep_every,
+            group_below=group_below,
+            coder=coder,
+            scope=scope,
+            threads=threads or min(4, os.cpu_count() or 1),
+        )
+        self.mode = mode
+        self.store = open_store(path_or_url, **(storage_options or {}))
+        self.records = Records(self.store)  # what the rooms' functions take
+        self._refs = References()
+        self._head = branches.DEFAULT_BRANCH
+        self._closed = False
+        self._executor: cf.ThreadPoolExecutor | None = None
+        self._pending: cf.Future[None] | None = None
+        if mode == "a":
+            self._open_writer(async_save)
+        else:
+            self._open_reader()
+
+    # ------------------------------------------------------------------ opening
+
+    def _open_writer(self, async_save: bool) -> None:
+        self.store.acquire_lock()
+        try:
+            if not self.store.exists(CHAIN_FILE):
+                branches.create_branch(self.store, branches.DEFAULT_BRANCH, None)
+                write_chain_file(self.store, self.config)  # last: the chain exists once whole
+            else:
+                check_chain_file(self.store)
+            self._head = branches.read_head(self.store)
+            retention.collect_garbage(self.records)
+            self._rebuild_references()
+        except BaseException:
+            self.store.release_lock()
+            raise
+        if async_save:
+            self._executor = cf.ThreadPoolExecutor(1, thread_name_prefix="deltackpt-save")
+
+    def _open_reader(self) -> None:
+        if not self.store.exists(CHAIN_FILE):
+            raise FileNotFoundError(f"no deltackpt chain at {self.store.url}")
+        read_json(self.store, CHAIN_FILE)
+        self._head = branches.read_head(self.store)
+
+    def _rebuild_references(self) -> None:
+        history = branches.history(self.store, self._head)
+        self._refs.rebuild(self.records, history, self.config.threads)
+
+    # ------------------------------------------------------------------ saving
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise ValueError("the chain is closed")
+        if self.mode != "a":
+            raise PermissionError("chain opened read-only (mode='r')")
+        self._raise_pending()
+
+    def _raise_pending(self) -> None:
+        """Wait for the background save, if any; its exception propagates from here."""
+        if self._pending is not None:
+            fut, self._pending = self._pending, None
+            fut.result()
+
+    def save(self, step: int, state: Any, *, exact: bool = False) -> None:
+        """Save ``state`` (nested dict of tensors / JSON values / objects with state_dict()).
+
+        Steps must increase along a branch. ``exact=True`` stores a lossless keyframe (and
+        accepts NaN/Inf). With ``async_save`` the state is copied to the host and encoded and
+        written in the background; an error there is raised by the next call.
+        """
+        self._check_writable()
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError("step must be a non-negative int")
+        last = self._refs.top_step()
+        if last is not None and step <= last:
+            raise ValueError(f"step {step} <= latest step {last} of branch {self._head!r}")
+        snap = snapshot(state, self._refs.spare_copies())
+        if self._executor is not None:
+            self._pending = self._executor.submit(self._commit, step, snap, exact)
+        else:
+            self._commit(step, snap, exact)
+
+    def _commit(self, step: int, snap: Snapshot, exact: bool, replace: bool = False) -> None:
+        cfg, head = self.config, self._head
+        commit(self.records, self._refs, cfg, head, step, snap, exact=exact, replace=replace)
+        pinned = [lv.rid for lv in self._refs.levels]
+        retention.apply_retention(self.records, head, cfg, pinned)
+
+    # ------------------------------------------------------------------ branches
+
+    def branch_point(self, name: str, state: Any = None) -> int:
+        """Record an exact keyframe of the latest saved state under ``name``; return its step.
+
+        With ``state``, that state replaces the latest step's record exactly (use it when the
+        latest save was made by another process). Otherwise the writer's copy of the latest
+        saved state is used.
+        """
+        check_name(name, "branch point")
+        self.wait()
+        self._check_writable()
+        if self.store.exists(branches.point_file(name)):
+            raise ValueError(f"branch point {name!r} already exists")
+        rid = self._resolve(None, None)
+        rec = self.records.record(rid)
+        snap = snapshot(state) if state is not None else self._refs.latest_state(rid)
+        if snap is None and rec.kind != "keyframe":
+            raise ValueError("the latest state is not held by this writer: pass state=")
+        if snap is not None and (rec.kind != "keyframe" or state is not None):
+            if rid[0] != self._head:
+                raise ValueError("save a step on this branch first, or pass no state")
+            self._commit(rid[1], snap, exact=True, replace=True)
+        branches.add_point(self.store, name, rid)
+        return rid[1]
+
+    def branch_points(self) -> dict[str, RecId]:
+        """Branch point name -> (branch, step)."""
+        return branches.read_points(self.store)
+
+    def rollback(self, name: str, *, new_branch: str | None = None) -> Any:
+        """Return the exact state at branch point ``name`` and continue on a new branch from it.
+
+        The old branch stays readable until :meth:`delete_branch`. The new branch is named
+        ``new_branch`` or ``<name>.<k>``; later saves go there with steps after the point's.
+        """
+        self.wait()
+        self._check_writable()
+        points = self.branch_points()
+        if name not in points:
+            raise KeyError(f"no branch point {name!r}")
+        rid = points[name]
+        new_branch = branches.new_branch_name(name, new_branch, set(self.branches()))
+        state = restore_state(self.records, rid, self.config.threads)
+        branches.create_branch(self.store, new_branch, rid)
+        branches.write_head(self.store, new_branch)
+        self._head = new_branch
+        self._rebuild_references()
+        self._refs.latest = None
+        return state
+
+    def branches(self) -> list[str]:
+        """Names of the live branches."""
+        return branches.branch_names(self.store)
+
+    @property
+    def branch(self) -> str:
+        """The branch new saves go to (readers: the writer's branch when opened)."""
+        return self._head
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch that is not the current one, keeping what other branches need."""
+        self.wait()
+        self._check_writable()
+        if name == self._head:
+            raise ValueError("cannot delete the current branch; roll back elsewhere first")
+        retention.delete_branch(self.records, name)
+
+    # ------------------------------------------------------------------ reading
+
+    def _resolve(self, step: int | None, branch: str | None) -> RecId:
+        return branches.resolve(self.store, branch or self._head, step)
+
+    def steps(self, branch: str | None = None) -> list[int]:
+        """Restorable steps of ``branch`` (default: the current one), ancestors' included."""
+        self._raise_pending()
+        return [s for _, s in branches.history(self.store, branch or self._head)]
+
+    def latest_step(self, branch: str | None = None) -> int | None:
+        """The latest committed step of ``branch``, or None."""
+        hist = branches.history(self.store, branch or self._head)
+        return hist[-1][1] if hist else None
+
+    def info(self, step: int | None = None, branch: str | None = None) -> dict[str, Any]:
+        """Kind, level, base and restore depth of a saved step."""
+        return inspect.info(self.records, self._resolve(step, branch))
+
+    def restore(self, step: int | None = None, branch: str | None = None) -> Any:
+        """The state saved at ``step`` (latest if None) of ``branch``, with the same nesting."""
+        self._raise_pending()
+        return restore_state(self.records, self._resolve(step, branch), self.config.threads)
+
+    def restore_into(
+        self, step: int | None = None, branch: str | None = None, **objects: Any
+    ) -> Any:
+        """Call ``obj.load_state_dict(state[name])`` for each ``name=obj``; return the state."""
+        state = self.restore(step, branch)
+        for name, obj in objects.items():
+            if not isinstance(state, dict) or name not in state:
+                raise KeyError(f"the saved state has no entry {name!r}")
+            obj.load_state_dict(state[name])
+        return state
+
+    def verify(self, *, decode_all: bool = False) -> dict[str, str]:
+        """Check every committed record; return ``{"branch/step": error}`` for the bad ones.
+
+        Reads and checksums each record, its schema and data files; with ``decode_all`` also
+        restores every step (slower, decodes every blob along every chain).
+        """
+        self._raise_pending()
+        return inspect.verify(self.records, self.config.threads, decode_all)
+
+    def stats(self) -> dict[str, Any]:
+        """Bytes stored by kind, raw bytes of all saves, ratio, and max restore depth."""
+        return inspect.stats(self.records)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def wait(self) -> None:
+        """Wait for a background save; re-raise its error."""
+        self._raise_pending()
+
+    def close(self) -> None:
+        """Finish pending work and release the writer lock."""
+        if self._closed:
+            return
+        try:
+            self._raise_pending()
+        finally:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            if self.mode == "a":
+                self.store.release_lock()
+            self._refs.clear()
+
+    def __enter__(self) -> CheckpointChain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            with contextlib.suppress(Exception):
+                self.close()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.steps())
+
+    def __repr__(self) -> str:
+        return f"CheckpointChain({self.store.url!r}, mode={self.mode!r}, branch={self._head!r})"

@@ -1,0 +1,313 @@
+"""The chain's files as formats: records, schemas, ``chain.json``, and the names they live at.
+
+A *record* (``records/<branch>/<step:012d>.json``, zlib-compressed JSON) is one committed
+save: its kind, level and base, its plain values, and per tensor ``[mode, file index, offset,
+length]`` into its data files (``data/<branch>/<step>-<token>.grp`` and ``-<i>.blob``). A
+*schema* (``schemas/<blake2b-128 hex>.json``) is the nesting and tensor metadata shared by every
+save of the same structure, named after the hash of its content. :class:`Records` reads them
+through a cache and checks what it reads back: a record must name itself, a schema must match
+its name, and anything malformed is :class:`~deltackpt.CorruptDataError`.
+docs/CHAIN.md specifies every field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CorruptDataError, UnsupportedError
+from ..store import Store
+from .config import ChainConfig
+from .snapshot import Snapshot
+
+FORMAT = "deltackpt-chain"
+VERSION = 1
+CHAIN_FILE = "chain.json"
+KEYFRAME_LEVEL = 1 << 20  # above every anchor level: a keyframe drops every reference
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+_GROUP = ".grp"
+
+RecId = tuple[str, int]  # (branch holding the record, step)
+
+
+def check_name(name: str, what: str) -> str:
+    """A branch or branch point name is safe as a file name, or ValueError."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"invalid {what} name {name!r}: use letters, digits and ._@+-")
+    return name
+
+
+# --------------------------------------------------------------------------- JSON files
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+
+
+def read_json(store: Store, name: str) -> Any:
+    """A framed JSON file; malformed JSON is corrupt data."""
+    raw = store.read(name)
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise CorruptDataError(f"{name}: {e}") from e
+
+
+def write_json(store: Store, name: str, obj: Any) -> None:
+    store.write(name, dumps(obj))
+
+
+def write_chain_file(store: Store, cfg: ChainConfig) -> None:
+    """``chain.json``: the format and the writer's settings when the chain was created."""
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "bits": cfg.bits,
+        "anchor_every": cfg.anchor_every,
+        "keyframe_every": cfg.keyframe_every,
+        "created": time.time(),
+    }
+    write_json(store, CHAIN_FILE, doc)
+
+
+def check_chain_file(store: Store) -> None:
+    """Refuse a ``chain.json`` of another format or a version this code cannot write."""
+    cfg = read_json(store, CHAIN_FILE)
+    if cfg.get("format") != FORMAT:
+        raise CorruptDataError("chain.json is not a deltackpt chain")
+    if cfg.get("version") != VERSION:
+        raise UnsupportedError(f"chain format version {cfg.get('version')}")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def record_name(branch: str, step: int) -> str:
+    return f"records/{branch}/{step:012d}.json"
+
+
+def _step_of(file_name: str) -> int | None:
+    """The step of ``<step>.json`` (the last path component), or None for any other name."""
+    base = file_name.rsplit("/", 1)[-1]
+    return int(base[:-5]) if base.endswith(".json") and base[:-5].isdigit() else None
+
+
+def listed_steps(store: Store, folder: str) -> list[int]:
+    """The steps of the ``<step>.json`` files in ``folder``, ascending."""
+    steps = (_step_of(name) for name in store.list(folder))
+    return sorted(s for s in steps if s is not None)
+
+
+def own_steps(store: Store, branch: str) -> list[int]:
+    """The steps whose record ``branch`` holds itself (not its ancestors')."""
+    return listed_steps(store, f"records/{branch}")
+
+
+def parse_record_name(name: str) -> RecId | None:
+    """(branch, step) of a ``records/<branch>/<step>.json`` name, or None for another file."""
+    parts = name.split("/")
+    step = _step_of(name)
+    return (parts[1], step) if len(parts) == 3 and step is not None else None
+
+
+def all_records(store: Store) -> list[RecId]:
+    """Every committed record of every branch (deleted branches' kept records included)."""
+    rids = (parse_record_name(name) for name in store.list("records"))
+    return [rid for rid in rids if rid is not None]
+
+
+def data_dir(branch: str) -> str:
+    return f"data/{branch}"
+
+
+def data_prefix(branch: str, step: int, token: str) -> str:
+    """The common prefix of one save's data files (``token`` keeps retries apart)."""
+    return f"{data_dir(branch)}/{step:012d}-{token}"
+
+
+def group_name(prefix: str) -> str:
+    """The file holding the save's small tensors, concatenated (always file 0)."""
+    return f"{prefix}{_GROUP}"
+
+
+def blob_name(prefix: str, index: int) -> str:
+    """The file of one large tensor (index >= 1)."""
+    return f"{prefix}-{index}.blob"
+
+
+def file_names(prefix: str, n: int) -> list[str]:
+    """Data files of a record: the group file, then one file per large tensor."""
+    if not prefix.startswith("data/") or ".." in prefix or n < 1:
+        raise CorruptDataError(f"bad data prefix {prefix!r}")
+    return [group_name(prefix)] + [blob_name(prefix, i) for i in range(1, n)]
+
+
+def schema_name(digest: str) -> str:
+    return f"schemas/{digest}.json"
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@dataclass
+class Record:
+    """A parsed record (one committed save)."""
+
+    branch: str
+    step: int
+    kind: str  # "keyframe" | "anchor" | "step"
+    level: int
+    ordinal: int  # saves since the branch's last keyframe
+    base: RecId | None
+    schema: str
+    values: list[Any]
+    entries: list[list[Any]]  # per tensor: [mode, file index, offset, length]
+    files: list[str]
+    bits: int
+    raw_bytes: int
+    time: float
+
+    @property
+    def rid(self) -> RecId:
+        return (self.branch, self.step)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "branch": self.branch,
+            "step": self.step,
+            "kind": self.kind,
+            "level": self.level,
+            "ordinal": self.ordinal,
+            "base": list(self.base) if self.base else None,
+            "schema": self.schema,
+            "values": self.values,
+            "entries": self.entries,
+            "prefix": self.files[0][: -len(_GROUP)],
+            "nfiles": len(self.files),
+            "bits": self.bits,
+            "raw_bytes": self.raw_bytes,
+            "time": self.time,
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Record:
+        if d.get("format") != FORMAT:
+            raise CorruptDataError("not a deltackpt chain record")
+        if d.get("version") != VERSION:
+            raise UnsupportedError(f"chain record version {d.get('version')}")
+        base = d["base"]
+        return Record(
+            branch=str(d["branch"]),
+            step=int(d["step"]),
+            kind=str(d["kind"]),
+            level=int(d["level"]),
+            ordinal=int(d["ordinal"]),
+            base=(str(base[0]), int(base[1])) if base else None,
+            schema=str(d["schema"]),
+            values=list(d["values"]),
+            entries=[list(e) for e in d["entries"]],
+            files=file_names(str(d["prefix"]), int(d["nfiles"])),
+            bits=int(d["bits"]),
+            raw_bytes=int(d["raw_bytes"]),
+            time=float(d["time"]),
+        )
+
+
+@dataclass
+class Schema:
+    """The nesting of a state and its tensors' metadata, shared by saves of one structure."""
+
+    tree: Any
+    tensors: list[dict[str, Any]]  # path, lib, dtype, shape, nonneg
+    index: dict[str, int] = field(default_factory=dict)  # path -> position in tensors
+
+    def __post_init__(self) -> None:
+        self.index = {t["path"]: i for i, t in enumerate(self.tensors)}
+
+
+def schema_json(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "tree": snap.tree,
+        "tensors": [
+            {
+                "path": lf.path,
+                "lib": lf.lib,
+                "dtype": lf.dtype,
+                "shape": lf.shape,
+                "nonneg": lf.nonneg,
+            }
+            for lf in snap.leaves
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- reading them
+
+
+class Records:
+    """The committed records and schemas of one chain, read once and checked on the way in."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._records: dict[RecId, Record] = {}
+        self._schemas: dict[str, Schema] = {}
+
+    def record(self, rid: RecId) -> Record:
+        rec = self._records.get(rid)
+        if rec is None:
+            name = record_name(*rid)
+            try:
+                raw = zlib.decompress(self.store.read(name))
+                rec = Record.from_json(json.loads(raw))
+            except (zlib.error, ValueError, KeyError, TypeError, IndexError) as e:
+                raise CorruptDataError(f"{name}: {e}") from e
+            if rec.rid != rid:
+                raise CorruptDataError(f"{name}: record names {rec.rid}")
+            self._records[rid] = rec
+        return rec
+
+    def known(self, rid: RecId) -> bool:
+        """The record is committed (or was, in this process, and is still cached)."""
+        return rid in self._records or self.store.exists(record_name(*rid))
+
+    def put(self, rec: Record) -> None:
+        """Write ``rec`` (the commit of its save: its data must be durable already)."""
+        self.store.write(record_name(*rec.rid), zlib.compress(dumps(rec.to_json()), 6))
+        self._records[rec.rid] = rec
+
+    def forget(self, rid: RecId) -> None:
+        self._records.pop(rid, None)
+
+    def clear(self) -> None:
+        """Drop the cached records: the next reads go to the store (benchmarks of a restore)."""
+        self._records.clear()
+
+    def schema(self, digest: str) -> Schema:
+        sch = self._schemas.get(digest)
+        if sch is None:
+            name = schema_name(digest)
+            raw = self.store.read(name)
+            if hashlib.blake2b(raw, digest_size=16).hexdigest() != digest:
+                raise CorruptDataError(f"{name}: content does not match its name")
+            try:
+                d = json.loads(raw)
+                sch = Schema(d["tree"], d["tensors"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise CorruptDataError(f"{name}: {e}") from e
+            self._schemas[digest] = sch
+        return sch
+
+    def put_schema(self, snap: Snapshot) -> str:
+        """Store the schema of ``snap`` unless it exists; return its digest (its name)."""
+        raw = dumps(schema_json(snap))
+        digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+        if digest not in self._schemas and not self.store.exists(schema_name(digest)):
+            self.store.write(schema_name(digest), raw)  # rare: synced at once
+        return digest

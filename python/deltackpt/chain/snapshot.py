@@ -1,0 +1,234 @@
+"""A training state as the chain sees it: tensor leaves, plain JSON values and their nesting.
+
+:func:`snapshot` flattens a state (copying every tensor to the host, into spare buffers when
+they fit) and :func:`rebuild` nests decoded tensors and values back. The helpers below convert
+one tensor to and from its exact bytes, clamp decoded second moments and refuse NaN/Inf before
+a lossy save. Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._tensors import writable_host
+from ..errors import CorruptDataError, NonFiniteError
+
+FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
+# Optimizer moments: coded with ``optimizer_bits`` even outside an optimizer's state_dict.
+MOMENT_KEYS = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"}
+# Second moments must stay >= 0: clamped after every decode, on both sides of the chain.
+NONNEG_KEYS = {"exp_avg_sq", "max_exp_avg_sq"}
+
+TensorKey = tuple[str, str, tuple[int, ...]]  # (lib, dtype, shape): what a delta must match
+
+
+def torch_module() -> Any:
+    """The torch module, or None when it is not installed (torch is optional)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is optional
+        return None
+    return torch
+
+
+def is_torch(x: Any) -> bool:
+    torch = torch_module()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+@dataclass
+class Leaf:
+    """One tensor of a state, as a contiguous CPU copy."""
+
+    path: str
+    value: Any  # numpy array or torch tensor (CPU, contiguous, owned)
+    lib: str  # "torch" | "numpy"
+    dtype: str
+    shape: list[int]
+    optimizer: bool
+    nonneg: bool
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    @property
+    def key(self) -> TensorKey:
+        return (self.lib, self.dtype, tuple(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        x = self.value
+        return self.numel * (x.itemsize if isinstance(x, np.ndarray) else x.element_size())
+
+
+@dataclass
+class Snapshot:
+    """A state flattened into a JSON tree, plain values and tensor leaves."""
+
+    tree: Any
+    values: list[Any]
+    leaves: list[Leaf]
+
+
+def dtype_name(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return x.dtype.name
+    return str(x.dtype).removeprefix("torch.")
+
+
+def same_layout(a: Any, b: Any) -> bool:
+    """``a`` can take ``b``'s values: same kind, dtype and shape, contiguous host memory."""
+    if a is None or isinstance(a, np.ndarray) != isinstance(b, np.ndarray):
+        return False
+    return bool(a.dtype == b.dtype and a.shape == b.shape and writable_host(a))
+
+
+def copy_tensor(x: Any, spare: Any = None) -> Any:
+    """A contiguous host copy of ``x``, into ``spare`` when it fits (same kind, dtype, shape):
+    filling memory already mapped is several times faster than faulting in fresh pages."""
+    if same_layout(spare, x):
+        if isinstance(x, np.ndarray):
+            np.copyto(spare, x)
+            return spare
+        return spare.copy_(x.detach())
+    if isinstance(x, np.ndarray):
+        return np.array(x, copy=True, order="C")
+    return x.detach().to("cpu", copy=True).contiguous()
+
+
+def snapshot(state: Any, spare: dict[str, Any] | None = None) -> Snapshot:
+    """Flatten ``state`` (copying tensors to the host, into the ``spare`` buffers by path when
+    they fit) or raise TypeError naming the bad leaf."""
+    values: list[Any] = []
+    leaves: list[Leaf] = []
+
+    def walk(obj: Any, path: list[Any], optim: bool) -> Any:
+        if is_torch(obj) or isinstance(obj, np.ndarray):
+            key = json.dumps(path)
+            last = path[-1] if path else None
+            leaves.append(
+                Leaf(
+                    path=key,
+                    value=copy_tensor(obj, spare.get(key) if spare else None),
+                    lib="numpy" if isinstance(obj, np.ndarray) else "torch",
+                    dtype=dtype_name(obj),
+                    shape=[int(s) for s in obj.shape],
+                    optimizer=optim or last in MOMENT_KEYS,
+                    nonneg=last in NONNEG_KEYS,
+                )
+            )
+            return {"T": len(leaves) - 1}
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            values.append(obj)
+            return {"V": len(values) - 1}
+        if isinstance(obj, np.generic):
+            values.append(obj.item())
+            return {"V": len(values) - 1}
+        if isinstance(obj, Mapping):
+            items = []
+            for k, v in obj.items():
+                if not (k is None or isinstance(k, (bool, int, float, str))):
+                    raise TypeError(f"unsupported dict key {k!r} at {path}")
+                sub = optim or (isinstance(k, str) and "optim" in k.lower())
+                items.append([k, walk(v, [*path, k], sub)])
+            return {"D": items}
+        if isinstance(obj, (list, tuple)):
+            nodes = [walk(v, [*path, i], optim) for i, v in enumerate(obj)]
+            return {"L" if isinstance(obj, list) else "U": nodes}
+        sd = getattr(obj, "state_dict", None)
+        if callable(sd):
+            return walk(sd(), path, optim or hasattr(obj, "param_groups"))
+        raise TypeError(
+            f"cannot store {type(obj).__name__} at {path}: only tensors, numpy arrays, "
+            "JSON values, lists/tuples/dicts of them and objects with state_dict() (no pickle)"
+        )
+
+    tree = walk(state, [], False)
+    return Snapshot(tree, values, leaves)
+
+
+def rebuild(tree: Any, values: list[Any], tensors: list[Any]) -> Any:
+    """Inverse of :func:`snapshot`: rebuild the nested state."""
+    if not isinstance(tree, dict) or len(tree) != 1:
+        raise CorruptDataError("malformed state tree")
+    ((tag, body),) = tree.items()
+    if tag == "T":
+        return tensors[body]
+    if tag == "V":
+        return values[body]
+    if tag == "D":
+        return {k: rebuild(v, values, tensors) for k, v in body}
+    if tag == "L":
+        return [rebuild(v, values, tensors) for v in body]
+    if tag == "U":
+        return tuple(rebuild(v, values, tensors) for v in body)
+    raise CorruptDataError(f"unknown tree tag {tag!r}")
+
+
+def raw_bytes(x: Any) -> bytes:
+    """The exact bytes of a host tensor (how integer, bool and tiny tensors are stored)."""
+    if isinstance(x, np.ndarray):
+        return x.tobytes()
+    torch = torch_module()
+    if x.numel() == 0:
+        return b""
+    return x.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def from_raw(buf: bytes, lib: str, dtype: str, shape: list[int]) -> Any:
+    """Inverse of :func:`raw_bytes`; a size that does not match is corrupt data."""
+    n = math.prod(shape)
+    if lib == "numpy":
+        dt = np.dtype(dtype)
+        if len(buf) != n * dt.itemsize:
+            raise CorruptDataError(f"raw tensor of {len(buf)} bytes for {n} x {dtype}")
+        return np.frombuffer(buf, dt).reshape(shape).copy()
+    torch = torch_module()
+    tdt = getattr(torch, dtype, None)
+    if not isinstance(tdt, torch.dtype):
+        raise CorruptDataError(f"unknown torch dtype {dtype!r}")
+    if len(buf) != n * tdt.itemsize:
+        raise CorruptDataError(f"raw tensor of {len(buf)} bytes for {n} x {dtype}")
+    if n == 0:
+        return torch.empty(shape, dtype=tdt)
+    return torch.frombuffer(bytearray(buf), dtype=torch.uint8).view(tdt).reshape(shape)
+
+
+def clamp0(x: Any) -> Any:
+    """Clamp a decoded second moment at 0, in place when the buffer allows it."""
+    if isinstance(x, np.ndarray):
+        return np.maximum(x, 0, out=x) if x.flags.writeable else np.maximum(x, 0)
+    return x.clamp_(min=0)
+
+
+def check_finite(leaf: Leaf) -> None:
+    """Raise NonFiniteError (count, first index, tensor name) if ``leaf`` has NaN or Inf."""
+    x = leaf.value
+    if isinstance(x, np.ndarray) or leaf.dtype != "bfloat16":
+        a = (x if isinstance(x, np.ndarray) else x.numpy()).reshape(-1)
+        if np.isfinite(a).all():  # fast path: one vectorized pass, no temporaries kept
+            return
+        bad = ~np.isfinite(a)
+        count = int(bad.sum())
+        first = int(np.argmax(bad))
+    else:
+        torch = torch_module()
+        badt = ~torch.isfinite(x.reshape(-1))
+        count = int(badt.sum())
+        first = int(torch.argmax(badt.to(torch.uint8))) if count else 0
+    if count:
+        raise NonFiniteError(
+            f"{count} non-finite value(s) (NaN or Inf), the first at flat index {first}, in "
+            f"tensor {leaf.path}; fix the state or save this step with exact=True"
+        )
