@@ -68,7 +68,15 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from .chain import CheckpointChain
-from .chain.branches import resolve
+from .chain.branches import (
+    DEFAULT_BRANCH,
+    branch_file,
+    next_branch_name,
+    read_head,
+    resolve,
+    write_head,
+)
+from .chain.records import CHAIN_FILE, dumps, listed_steps, parse_record_name
 from .chain.restore import decode_paths
 from .errors import CorruptDataError, UnsupportedError
 from .store import Store, open_store
@@ -78,7 +86,6 @@ __all__ = ["ChainWriter", "ChainReader", "committed_steps"]
 FORMAT = "deltackpt-dcp"
 VERSION = 1
 DCP_VERSION = "1.0.0"
-DEFAULT_BRANCH = "main"
 
 
 # --------------------------------------------------------------------------- tagged JSON
@@ -128,10 +135,6 @@ def from_tagged(obj: Any) -> Any:
     if tag == "B":
         return base64.b64decode(body)
     raise CorruptDataError(f"unknown tag {tag!r}")
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 # --------------------------------------------------------------------------- Metadata <-> JSON
@@ -279,12 +282,7 @@ def _parse_step(checkpoint_id: str | os.PathLike[str] | int) -> int:
 
 def committed_steps(store: Store, branch: str = DEFAULT_BRANCH) -> list[int]:
     """The steps whose global metadata is committed, ascending."""
-    out = []
-    for name in store.list(f"dcp/{branch}"):
-        base = name.rsplit("/", 1)[-1]
-        if base.endswith(".json") and base[:-5].isdigit():
-            out.append(int(base[:-5]))
-    return sorted(out)
+    return listed_steps(store, f"dcp/{branch}")
 
 
 def _item_keys(index: MetadataIndex, is_bytes: bool) -> tuple[str, str]:
@@ -330,16 +328,14 @@ def _trim_uncommitted(url: str, root: Store, storage_options: dict[str, Any]) ->
     save), in every branch, under the rank chain's writer lock; the chain's next opening
     deletes their data."""
     store = open_store(url, **storage_options)
-    if not store.exists("chain.json"):
+    if not store.exists(CHAIN_FILE):
         return 0
     store.acquire_lock()
     try:
         removed = 0
         for name in store.list("records"):
-            parts = name.split("/")
-            if len(parts) != 3 or not parts[2].endswith(".json") or not parts[2][:-5].isdigit():
-                continue
-            if not root.exists(_step_name(parts[1], int(parts[2][:-5]))):
+            rid = parse_record_name(name)
+            if rid is not None and not root.exists(_step_name(*rid)):
                 store.delete(name)
                 removed += 1
         return removed
@@ -351,17 +347,12 @@ def _set_rank_head(url: str, branch: str, storage_options: dict[str, Any]) -> No
     """Point a rank chain's HEAD at the global branch (repairs a rollback cut short by a crash
     after some ranks switched; docs/CHAIN.md: ``HEAD.json`` is ``{"branch"}``)."""
     store = open_store(url, **storage_options)
-    if not store.exists("chain.json") or not store.exists(f"branches/{branch}.json"):
+    if not store.exists(CHAIN_FILE) or not store.exists(branch_file(branch)):
         return
-    current = (
-        json.loads(store.read("HEAD.json"))["branch"]
-        if store.exists("HEAD.json")
-        else DEFAULT_BRANCH
-    )
-    if current != branch:
+    if read_head(store) != branch:
         store.acquire_lock()
         try:
-            store.write("HEAD.json", _dumps({"branch": branch}))
+            write_head(store, branch)
         finally:
             store.release_lock()
 
@@ -448,7 +439,7 @@ class ChainWriter(StorageWriter):
             self.root.acquire_lock()
             self._locked = True
             if not self.root.exists("dcp.json"):
-                self.root.write("dcp.json", _dumps({"format": FORMAT, "version": VERSION}))
+                self.root.write("dcp.json", dumps({"format": FORMAT, "version": VERSION}))
         if self._chain is not None and self._chain_rank == self.rank:
             latest = self._chain.latest_step()
             if latest is not None and (last is None or latest > last):
@@ -487,7 +478,7 @@ class ChainWriter(StorageWriter):
             is_bytes = item.type == WriteItemType.BYTE_IO
             group, leaf = _item_keys(item.index, is_bytes)
             if is_bytes:
-                data = np.frombuffer(_dumps(to_tagged(_plain_object(planner, item))), np.uint8)
+                data = np.frombuffer(dumps(to_tagged(_plain_object(planner, item))), np.uint8)
                 size = int(data.nbytes)
             else:
                 t = planner.resolve_data(item)
@@ -517,7 +508,7 @@ class ChainWriter(StorageWriter):
         metadata.version = metadata.version or DCP_VERSION
         metadata.storage_meta = self.storage_meta()
         doc = metadata_to_json(metadata, storage, self.step)
-        self.root.write(_step_name(self.branch, self.step), _dumps(doc))  # the commit
+        self.root.write(_step_name(self.branch, self.step), dumps(doc))  # the commit
 
     # -- branches (collective: call on every rank, after a save)
 
@@ -541,7 +532,7 @@ class ChainWriter(StorageWriter):
         _barrier()
         if self.is_coordinator:
             point = {"name": name, "branch": self.branch, "step": step}
-            self.root.write(f"dcp-points/{name}.json", _dumps(point))  # the commit
+            self.root.write(f"dcp-points/{name}.json", dumps(point))  # the commit
         _barrier()
         return step
 
@@ -568,10 +559,7 @@ class ChainWriter(StorageWriter):
             n.rsplit("/", 1)[-1][:-5] for n in self.root.list("dcp-branches")
         }
         if new_branch is None:
-            k = 1
-            while f"{name}.{k}" in existing:
-                k += 1
-            new_branch = f"{name}.{k}"
+            new_branch = next_branch_name(name, existing)
         if new_branch in existing:
             raise ValueError(f"branch {new_branch!r} exists")
         _barrier()  # every rank chose the name before the coordinator creates it
@@ -580,8 +568,8 @@ class ChainWriter(StorageWriter):
         _barrier()
         if self.is_coordinator:
             info = {"name": new_branch, "parent": {"branch": pbranch, "step": pstep}}
-            self.root.write(f"dcp-branches/{new_branch}.json", _dumps(info))
-            self.root.write("dcp-HEAD.json", _dumps({"branch": new_branch}))  # the commit
+            self.root.write(f"dcp-branches/{new_branch}.json", dumps(info))
+            self.root.write("dcp-HEAD.json", dumps({"branch": new_branch}))  # the commit
         _barrier()
         self.branch = new_branch
         return new_branch
