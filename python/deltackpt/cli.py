@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -528,8 +529,49 @@ def demo(quiet: bool = False) -> int:
     return _demo_chain(say, quiet)
 
 
+@dataclass
+class _DemoRun:
+    """What the demo's training run left to check and report."""
+
+    total: int  # steps saved
+    mid: int  # a lossy step between anchors, restored and checked
+    stats: dict[str, Any]
+    trained_acc: float
+    restored_acc: float
+    mid_true: dict[str, Any]  # the true state_dict at ``mid``
+    mid_state: dict[str, Any]  # ``mid`` restored from the chain
+    base: tuple[str, int]  # the record ``mid`` is coded against
+    base_state: dict[str, Any]
+    before: Any  # flat parameters before and after the last step
+    after: Any
+    xv: Any
+    yv: Any
+
+
 def _demo_chain(say: Any, quiet: bool) -> int:
     """Train LeNet-5 on the digits saving every step to a chain; restore and check."""
+    run = _demo_train(quiet)
+    ok, worst = _demo_bound(run)
+    delta_rows = _demo_step_delta(run.before, run.after)
+    if delta_rows is None:
+        print("error: lossy error exceeds the delta", file=sys.stderr)
+        return 1
+    say(
+        "\n| one LeNet-5 step delta | raw | stored | ratio | encode MB/s | decode MB/s |\n"
+        "|---|---|---|---|---|---|"
+    )
+    for row in delta_rows:
+        say(row)
+    _demo_report(say, run, ok, worst)
+    if not ok:
+        print("error: a restored step exceeds the LC error bound", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo_train(quiet: bool) -> _DemoRun:
+    """Train LeNet-5 with a save every step; restore the last step, a mid-run step and its
+    base."""
     import tempfile
 
     import torch
@@ -574,41 +616,69 @@ def _demo_chain(say: Any, quiet: bool) -> int:
         base = chain.info(mid)["base"]
         base_state = chain.restore(base[1], base[0])["model"]
         chain.close()
+    return _DemoRun(
+        total=total,
+        mid=mid,
+        stats=st,
+        trained_acc=trained_acc,
+        restored_acc=restored_acc,
+        mid_true=kept["u"],
+        mid_state=mid_state,
+        base=base,
+        base_state=base_state,
+        before=kept["before"],
+        after=kept["after"],
+        xv=xv,
+        yv=yv,
+    )
+
+
+def _demo_bound(run: _DemoRun) -> tuple[bool, float]:
+    """Whether every restored float at ``mid`` is within |delta| of its base (error feedback's
+    promise), and the largest error."""
     ok = True
     worst = 0.0
-    for k, u in kept["u"].items():
+    for k, u in run.mid_true.items():
         if not u.is_floating_point():
             continue
-        err = (mid_state[k] - u).abs()
-        bound = (u - base_state[k]).abs()
+        err = (run.mid_state[k] - u).abs()
+        bound = (u - run.base_state[k]).abs()
         ok &= bool((err <= bound + 1e-6 * u.abs()).all())
         worst = max(worst, float(err.max()))
-    mid_model = _realdata.lenet5()
-    mid_model.load_state_dict(mid_state)
-    true_mid = _realdata.lenet5()
-    true_mid.load_state_dict(kept["u"])
-    # one real training step delta, coded alone (the building block of the chain)
-    before, after = kept["before"], kept["after"]
+    return ok, worst
+
+
+def _demo_step_delta(before: Any, after: Any) -> list[str] | None:
+    """Table rows for one real training step delta coded alone (the building block of the
+    chain) beside zstd; None if the lossy error exceeds the delta."""
+    import zstandard
+
     raw = after.numel() * 4
     secs, blob = _timed(lambda: _api.encode(after, reference=before, bits=3))
     dsecs, rec = _timed(lambda: _api.decode(blob, reference=before))
     if not bool(((rec - after).abs() <= (after - before).abs() + 1e-6 * after.abs()).all()):
-        print("error: lossy error exceeds the delta", file=sys.stderr)
-        return 1
-    import zstandard
-
+        return None
     zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
     db = (after - before).numpy().tobytes()
     zsecs, z = _timed(lambda: zc.compress(db))
     zdsecs, _ = _timed(lambda: zd.decompress(z))
+    return [
+        _row("3-bit exponent buckets", raw, len(blob), secs, dsecs),
+        _row("zstd -3 (lossless)", raw, len(z), zsecs, zdsecs),
+    ]
+
+
+def _demo_report(say: Any, run: _DemoRun, ok: bool, worst: float) -> None:
+    """The chain's size table, trained vs restored accuracy, and the error-bound verdict."""
+    from . import _realdata
+
+    mid_model = _realdata.lenet5()
+    mid_model.load_state_dict(run.mid_state)
+    true_mid = _realdata.lenet5()
+    true_mid.load_state_dict(run.mid_true)
+    st, xv, yv = run.stats, run.xv, run.yv
     say(
-        "\n| one LeNet-5 step delta | raw | stored | ratio | encode MB/s | decode MB/s |\n"
-        "|---|---|---|---|---|---|"
-    )
-    say(_row("3-bit exponent buckets", raw, len(blob), secs, dsecs))
-    say(_row("zstd -3 (lossless)", raw, len(z), zsecs, zdsecs))
-    say(
-        f"\nLeNet-5, {total} SGD steps on the digits, model + optimizer saved at every step "
+        f"\nLeNet-5, {run.total} SGD steps on the digits, model + optimizer saved at every step "
         "(3-bit steps, anchors every 10):\n"
     )
     say("| chain | raw fp32 state_dicts | stored | ratio | space savings |")
@@ -618,20 +688,16 @@ def _demo_chain(say: Any, quiet: bool) -> int:
         f"{_human(st['stored_bytes'])} | {st['ratio']:.1f}x | {100 * (1 - 1 / st['ratio']):.1f}% |"
     )
     say("\n| validation accuracy | trained | restored from the chain |\n|---|---|---|")
-    say(f"| final step {total} | {trained_acc:.1f}% | {restored_acc:.1f}% |")
+    say(f"| final step {run.total} | {run.trained_acc:.1f}% | {run.restored_acc:.1f}% |")
     say(
-        f"| mid-run step {mid} | {_realdata.accuracy(true_mid, xv, yv):.1f}% | "
+        f"| mid-run step {run.mid} | {_realdata.accuracy(true_mid, xv, yv):.1f}% | "
         f"{_realdata.accuracy(mid_model, xv, yv):.1f}% |"
     )
     verdict = "OK" if ok else "FAILED"
     say(
-        f"\nrestored step {mid} against its true state: every |error| <= |delta| against "
-        f"its base step {base[1]}: {verdict} (max |error| {worst:.2e})"
+        f"\nrestored step {run.mid} against its true state: every |error| <= |delta| against "
+        f"its base step {run.base[1]}: {verdict} (max |error| {worst:.2e})"
     )
-    if not ok:
-        print("error: a restored step exceeds the LC error bound", file=sys.stderr)
-        return 1
-    return 0
 
 
 # --------------------------------------------------------------------------- main
