@@ -243,7 +243,13 @@ fn encode_inner(x: Tensor<'_>, mut target: Target<'_>, opts: &EncodeOptions) -> 
     }
     let params = &mut header.params;
     let chunks = parallel::install(|| match opts.quantizer {
-        Quantizer::None => lossless::encode_chunks(x.dtype, x.data, target.reference(), opts),
+        Quantizer::None => lossless::encode_chunks(
+            x.dtype,
+            x.data,
+            target.reference(),
+            opts.chunk_elems,
+            opts.coder,
+        ),
         // Writes the reconstruction itself, in the coding pass.
         Quantizer::Exponent if x.dtype == DType::F64 => {
             encode_exponent::<f64>(x, &mut target, opts, params)
