@@ -222,12 +222,17 @@ def main() -> None:
             raise SystemExit(f"unknown mode {mode}")
         finished = True
     finally:
-        if w > 1 and dist.is_initialized():
-            if finished and not mode.startswith("crash-"):
-                # Leave together: a rank tearing gloo down while its peer still holds the
-                # connection can make the peer's gloo abort the process at exit.
-                dist.barrier()
+        if w > 1 and dist.is_initialized() and not finished:
             dist.destroy_process_group()
+    if w > 1:
+        # Leave together, then skip the interpreter's teardown: gloo's background threads
+        # outliving the process group make C++ call std::terminate at exit ("terminate called
+        # without an active exception", SIGABRT) when the machine is loaded. Everything this
+        # rank wrote is closed by now.
+        dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ import numpy as np
 
 from . import _core
 from ._tensors import Raw, check_reference, from_raw, out_raw, to_raw
+from .errors import InvalidArgumentError, ReferenceMismatchError
 
-QUANTIZERS = ("none", "exponent", "uniform", "lattice")
+QUANTIZERS = ("none", "exponent", "uniform", "lattice", "bounded")
 CODERS = ("auto", "raw", "tans", "huffman", "lz77", "zstd", "gzip")
 
 
@@ -17,7 +18,7 @@ def encode(
     x: Any,
     *,
     reference: Any = None,
-    quantizer: str = "exponent",
+    quantizer: str | None = None,
     bits: int = 3,
     coder: str = "auto",
     bucket_value: str = "mean",
@@ -27,39 +28,54 @@ def encode(
     seed: int = 0,
     bucket_floor: tuple[int, int | None] | None = None,
     reconstruction: Any = None,
+    tolerance: float | None = None,
+    rel_error: float | None = None,
+    rel_tolerance: float | None = None,
+    second_moment: Any = None,
+    eps: float = 1e-8,
 ) -> bytes:
     """Compress a numpy array or torch tensor (float32/float64/float16/bfloat16) to bytes.
 
     With ``reference`` (same dtype and shape) the blob holds ``x - reference`` and
     :func:`decode` needs the same reference. ``quantizer="none"`` is lossless and bit-exact
-    (with a reference the bit patterns are XORed, which is exact too); ``"exponent"`` is
-    LC-checkpoint's exponent-bucket quantizer with ``bits`` (1-8) bits per element.
-    ``bucket_value`` is ``"mean"`` (default: lowest squared error) or ``"midpoint"`` (as in
-    the source paper). ``"uniform"`` quantizes the delta on 2^bits − 1 levels centred on 0
-    (``symmetric=False``: affine, 2^bits levels); ``"lattice"`` cuts it into blocks of ``dim``
-    values quantized with Babai's nearest plane on a basis searched for this tensor
-    (``iters`` perturbations, ``seed``; the basis is stored in the blob). ``bucket_floor``
-    ``(biased exponent, sign or None)`` stops the exponent quantizer from keeping buckets below
-    a limit chosen elsewhere (the chain chooses it over a whole state, see
-    :func:`delta_histogram`).
+    (with a reference the bit patterns are XORed, which is exact too); ``"exponent"`` (the
+    default without an error bound) is LC-checkpoint's exponent-bucket quantizer with ``bits``
+    (1-8) bits per element. ``bucket_value`` is ``"mean"`` (default: lowest squared error) or
+    ``"midpoint"`` (as in the source paper). ``"uniform"`` quantizes the delta on 2^bits − 1
+    levels centred on 0 (``symmetric=False``: affine, 2^bits levels); ``"lattice"`` cuts it into
+    blocks of ``dim`` values quantized with Babai's nearest plane on a basis searched for this
+    tensor (``iters`` perturbations, ``seed``; the basis is stored in the blob).
+    ``bucket_floor`` ``(biased exponent, sign or None)`` stops the exponent quantizer from
+    keeping buckets below a limit chosen elsewhere (see :func:`delta_histogram`).
+
+    Error bounds (``quantizer="bounded"``, implied), guaranteed on what the encoder wrote —
+    give one of:
+
+    - ``tolerance=t``: every element ``|decode - x| <= t`` (``t = 0``: lossless);
+    - ``rel_error=e``: ``||decode - x||_2 <= e * ||x||_2`` over the tensor (relative to ``x``
+      itself, not to its delta);
+    - ``rel_tolerance=r`` (``0 <= r < 1``): every element ``|decode - x| <= r * |x|``: zeros
+      stay zero, no sign flips (for optimizer second moments);
+    - ``tolerance=t, second_moment=v``: every element ``|decode - x| <= t * (sqrt(|v|) + eps)``
+      (``v`` of the same dtype and shape, e.g. Adam's ``exp_avg_sq`` for its ``exp_avg``: the
+      update ``m / (sqrt(v) + eps)`` moves by at most ``t`` per element); :func:`decode` needs
+      the same ``v``.
+
+    :func:`inspect` reports the bound and the error the encoder measured.
 
     ``reconstruction``, a writable contiguous CPU array or tensor of ``x``'s dtype and shape,
     receives exactly what ``decode(blob, reference=reference)`` will return (the state to carry
     forward for error feedback), computed in the encoding pass rather than by decoding. It may
     be ``reference`` itself: the reference is then updated in place (no second buffer).
     """
-    raw = to_raw(x, "x")
-    ref = None
-    if reference is not None:
-        ref = to_raw(reference, "reference")
-        check_reference(raw, ref)
-    out = None if reconstruction is None else out_raw(reconstruction, raw)
-    in_place = out is not None and reconstruction is reference
+    bound, bound_value = _bound(tolerance, rel_error, rel_tolerance, second_moment)
+    quantizer = _quantizer(quantizer, bound)
+    raw, ref, moment, out, in_place = _buffers(x, reference, second_moment, reconstruction)
     return _core.encode(
         raw.data,
         raw.dtype,
         raw.shape,
-        None if ref is None or in_place else ref.data,
+        ref,
         quantizer=quantizer,
         bits=bits,
         coder=coder,
@@ -71,23 +87,110 @@ def encode(
         seed=seed,
         floor_exponent=None if bucket_floor is None else bucket_floor[0],
         floor_sign=None if bucket_floor is None else bucket_floor[1],
-        reconstruction=None if out is None else out.data,
+        reconstruction=out,
         in_place=in_place,
+        bound=bound,
+        bound_value=bound_value,
+        eps=eps,
+        moment=moment,
     )
+
+
+def _quantizer(quantizer: str | None, bound: str | None) -> str:
+    """The quantizer of an encode: ``bounded`` exactly when an error bound is given."""
+    if quantizer is None:
+        return "exponent" if bound is None else "bounded"
+    if bound is not None and quantizer != "bounded":
+        raise InvalidArgumentError(
+            f"an error bound (tolerance=, rel_error=, rel_tolerance=) needs quantizer='bounded' "
+            f"(or no quantizer), not quantizer={quantizer!r}"
+        )
+    if quantizer == "bounded" and bound is None:
+        raise InvalidArgumentError(
+            "quantizer='bounded' needs a bound: tolerance=, rel_error= or rel_tolerance="
+        )
+    return quantizer
+
+
+def _reference_of(raw: Raw, reference: Any) -> Raw | None:
+    """The reference's bytes, checked to match the tensor (dtype and shape), or None."""
+    if reference is None:
+        return None
+    ref = to_raw(reference, "reference")
+    check_reference(raw, ref)
+    return ref
+
+
+def _buffers(
+    x: Any, reference: Any, second_moment: Any, reconstruction: Any
+) -> tuple[Raw, Any, Any, Any, bool]:
+    """What an encode hands the core, each checked against ``x``: the tensor, the bytes of the
+    reference, of the second moment and of the reconstruction, and whether the reconstruction
+    is the reference (then updated in place, and not passed twice)."""
+    raw = to_raw(x, "x")
+    ref = _reference_of(raw, reference)
+    moment = None if second_moment is None else _moment(second_moment, raw)
+    out = None if reconstruction is None else out_raw(reconstruction, raw)
+    in_place = out is not None and reconstruction is reference
+    ref_data = None if ref is None or in_place else ref.data
+    return raw, ref_data, moment, None if out is None else out.data, in_place
+
+
+def _bound(
+    tolerance: float | None,
+    rel_error: float | None,
+    rel_tolerance: float | None,
+    second_moment: Any,
+) -> tuple[str | None, float]:
+    """The core's bound name and value from the keyword arguments (at most one bound)."""
+    given = {
+        k: v
+        for k, v in (
+            ("tolerance", tolerance),
+            ("rel_error", rel_error),
+            ("rel_tolerance", rel_tolerance),
+        )
+        if v is not None
+    }
+    if len(given) > 1:
+        raise InvalidArgumentError(f"give one error bound, not {' and '.join(given)}")
+    if second_moment is not None and tolerance is None:
+        raise InvalidArgumentError("second_moment= scales tolerance=: give tolerance= too")
+    if not given:
+        return None, 0.0
+    ((name, value),) = given.items()
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"{name} must be a number, not {value!r}") from e
+    kind = {"tolerance": "abs", "rel_error": "rel", "rel_tolerance": "pointwise"}[name]
+    if second_moment is not None:
+        kind = "moment"
+    return kind, value
+
+
+def _moment(second_moment: Any, raw: Raw) -> Any:
+    """The second moment's bytes, checked to match the tensor."""
+    v = to_raw(second_moment, "second_moment")
+    if v.dtype != raw.dtype or v.shape != raw.shape:
+        raise ReferenceMismatchError(
+            f"second_moment is {v.dtype} {tuple(v.shape)} but the tensor is "
+            f"{raw.dtype} {tuple(raw.shape)}: they must have the same dtype and shape"
+        )
+    return v.data
 
 
 def delta_histogram(x: Any, reference: Any = None) -> Any:
     """Counts of the delta's (sign, biased exponent) keys: ``sign << E | exponent`` with E = 8
     bits for float32/float16/bfloat16 (computed in float32), 11 for float64."""
     raw = to_raw(x, "x")
-    ref = None
-    if reference is not None:
-        ref = to_raw(reference, "reference")
-        check_reference(raw, ref)
+    ref = _reference_of(raw, reference)
     return _core.delta_histogram(raw.data, raw.dtype, raw.shape, None if ref is None else ref.data)
 
 
-def decode(blob: bytes, *, reference: Any = None, out: Any = None) -> Any:
+def decode(
+    blob: bytes, *, reference: Any = None, out: Any = None, second_moment: Any = None
+) -> Any:
     """Decompress a blob from :func:`encode` to the same kind (numpy or torch), dtype and shape.
 
     A blob encoded against a reference needs that exact reference (it is fingerprinted).
@@ -97,21 +200,26 @@ def decode(blob: bytes, *, reference: Any = None, out: Any = None) -> Any:
     the result and is returned. It may be ``reference`` itself: the delta is then applied in
     place (a chain of deltas decoded without a buffer per link); if decoding fails, it holds
     unspecified values.
+
+    ``second_moment``: the ``v`` a blob was bounded against (``tolerance=, second_moment=``).
     """
     ref = None if reference is None else to_raw(reference, "reference")
+    moment = None if second_moment is None else to_raw(second_moment, "second_moment").data
     if out is not None:
         info = _core.inspect(blob)
         want = Raw(np.empty(0, np.uint8), info["dtype"], list(info["shape"]), 0)
         dst = out_raw(out, want, "out")
         in_place = out is reference
         _core.decode_into(
-            blob, dst.data, None if ref is None or in_place else ref.data, in_place=in_place
+            blob,
+            dst.data,
+            None if ref is None or in_place else ref.data,
+            in_place=in_place,
+            moment=moment,
         )
         return out
-    dtype, shape, tag, data = _core.decode(blob, None if ref is None else ref.data)
+    dtype, shape, tag, data = _core.decode(blob, None if ref is None else ref.data, moment)
     if ref is not None and (ref.dtype != dtype or ref.shape != list(shape)):
-        from .errors import ReferenceMismatchError
-
         raise ReferenceMismatchError(
             f"reference is {ref.dtype} {tuple(ref.shape)} but the blob holds {dtype} {tuple(shape)}"
         )

@@ -5,15 +5,18 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
+use crate::bounded;
 use crate::entropy::{self, Coder};
 use crate::error::{Error, Result};
 use crate::float::{self, DType};
 use crate::format::{self, Header, Quantizer, FLAG_MIDPOINT, FLAG_REFERENCE};
 use crate::lossless;
 use crate::parallel;
+use crate::quant::bounded::Bound;
 use crate::quant::exponent::{self, BucketFloor, BucketPlan, BucketStats, BucketValue, ExpFloat};
 use crate::quant::lattice::FindBasisOptions;
 use crate::scalar;
+use crate::target::{chunk_of, Base, Target};
 
 /// Default number of elements per independently coded chunk.
 pub const DEFAULT_CHUNK_ELEMS: usize = 1 << 18;
@@ -44,7 +47,7 @@ pub struct Decoded {
 
 /// How to encode a tensor.
 #[derive(Clone, Copy, Debug)]
-pub struct EncodeOptions {
+pub struct EncodeOptions<'a> {
     /// Lossless (`None`) or a lossy quantizer.
     pub quantizer: Quantizer,
     /// Quantizer bit width (1–8 for the exponent quantizer; ignored when lossless).
@@ -67,9 +70,15 @@ pub struct EncodeOptions {
     pub seed: u64,
     /// Exponent quantizer: buckets below this floor are never kept (see [`BucketFloor`]).
     pub bucket_floor: Option<BucketFloor>,
+    /// Bounded quantizer: the promise on the reconstruction (see [`Bound`]).
+    pub bound: Option<Bound>,
+    /// Bounded quantizer with [`Bound::Moment`]: the second moment `v` (same dtype and shape
+    /// as the tensor), whose `√|v| + eps` scales each element's tolerance. Decoding needs it
+    /// too ([`decode_with`]).
+    pub moment: Option<&'a [u8]>,
 }
 
-impl Default for EncodeOptions {
+impl Default for EncodeOptions<'_> {
     fn default() -> Self {
         EncodeOptions {
             quantizer: Quantizer::Exponent,
@@ -83,6 +92,8 @@ impl Default for EncodeOptions {
             lattice_iters: FindBasisOptions::default().iters,
             seed: 0,
             bucket_floor: None,
+            bound: None,
+            moment: None,
         }
     }
 }
@@ -158,38 +169,24 @@ pub fn encode_update(x: Tensor<'_>, reference: &mut [u8], opts: &EncodeOptions) 
     encode_inner(x, Target::Update(reference), opts)
 }
 
-/// The reference of an encode and where its reconstruction goes.
-enum Target<'a> {
-    /// No reconstruction.
-    Plain(Option<&'a [u8]>),
-    /// Reconstruction into a separate buffer.
-    Into(Option<&'a [u8]>, &'a mut [u8]),
-    /// The reference is replaced by the reconstruction.
-    Update(&'a mut [u8]),
-}
-
-impl Target<'_> {
-    fn reference(&self) -> Option<&[u8]> {
-        match self {
-            Target::Plain(r) | Target::Into(r, _) => *r,
-            Target::Update(r) => Some(r),
+/// The reconstruction for paths without a fused one: lossless blobs restore `x` itself;
+/// the scalar quantizers decode the blob once.
+fn reconstruct_by_decoding(
+    target: Target<'_>,
+    blob: &[u8],
+    x: Tensor<'_>,
+    lossless: bool,
+) -> Result<()> {
+    match target {
+        Target::Plain(_) => Ok(()),
+        Target::Into(_, out) | Target::Update(out) if lossless => {
+            out.copy_from_slice(x.data);
+            Ok(())
         }
-    }
-
-    /// The reconstruction for paths without a fused one: lossless blobs restore `x` itself;
-    /// the scalar quantizers decode the blob once.
-    fn reconstruct_by_decoding(self, blob: &[u8], x: Tensor<'_>, lossless: bool) -> Result<()> {
-        match self {
-            Target::Plain(_) => Ok(()),
-            Target::Into(_, out) | Target::Update(out) if lossless => {
-                out.copy_from_slice(x.data);
-                Ok(())
-            }
-            Target::Into(r, out) => decode_into(blob, r, out).map(|_| ()),
-            Target::Update(r) => {
-                let base = r.to_vec();
-                decode_into(blob, Some(&base), r).map(|_| ())
-            }
+        Target::Into(r, out) => decode_into(blob, r, out).map(|_| ()),
+        Target::Update(r) => {
+            let base = r.to_vec();
+            decode_into(blob, Some(&base), r).map(|_| ())
         }
     }
 }
@@ -241,9 +238,46 @@ fn encode_inner(x: Tensor<'_>, mut target: Target<'_>, opts: &EncodeOptions) -> 
     if reference.is_some() {
         header.flags |= FLAG_REFERENCE;
     }
+    let has_reference = reference.is_some();
+    let bounded = match opts.quantizer {
+        Quantizer::Bounded => {
+            let bound = opts
+                .bound
+                .ok_or_else(|| Error::invalid("the bounded quantizer needs a bound"))?;
+            parallel::install(|| {
+                bounded::encode(
+                    x.dtype,
+                    x.data,
+                    &mut target,
+                    opts.moment,
+                    bound,
+                    opts.chunk_elems,
+                    opts.coder,
+                )
+            })
+            .map_err(|e| with_delta_context(e, has_reference))?
+        }
+        _ => None,
+    };
+    // A bound that only exact storage keeps (zero, finer than the dtype) is stored losslessly.
+    if opts.quantizer == Quantizer::Bounded && bounded.is_none() {
+        header.quantizer = Quantizer::None;
+    }
     let params = &mut header.params;
-    let chunks = parallel::install(|| match opts.quantizer {
-        Quantizer::None => lossless::encode_chunks(x.dtype, x.data, target.reference(), opts),
+    let chunks = parallel::install(|| match header.quantizer {
+        Quantizer::None => lossless::encode_chunks(
+            x.dtype,
+            x.data,
+            target.reference(),
+            opts.chunk_elems,
+            opts.coder,
+        ),
+        // Checked and reconstructed in its coding pass.
+        Quantizer::Bounded => {
+            let (chunks, p) = bounded.expect("a bounded encode");
+            *params = p;
+            Ok(chunks)
+        }
         // Writes the reconstruction itself, in the coding pass.
         Quantizer::Exponent if x.dtype == DType::F64 => {
             encode_exponent::<f64>(x, &mut target, opts, params)
@@ -275,16 +309,19 @@ fn encode_inner(x: Tensor<'_>, mut target: Target<'_>, opts: &EncodeOptions) -> 
                 .collect()
         }
     })?;
-    if opts.quantizer != Quantizer::None {
+    if matches!(
+        header.quantizer,
+        Quantizer::Exponent | Quantizer::Uniform | Quantizer::Lattice
+    ) {
         header.bits = opts.bits;
     }
-    if opts.quantizer == Quantizer::Exponent && opts.bucket_value == BucketValue::Midpoint {
+    if header.quantizer == Quantizer::Exponent && opts.bucket_value == BucketValue::Midpoint {
         header.flags |= FLAG_MIDPOINT;
     }
     header.chunk_sizes = chunks.iter().map(|c| c.len() as u64).collect();
     let blob = format::write(&header, &chunks);
-    if opts.quantizer != Quantizer::Exponent {
-        target.reconstruct_by_decoding(&blob, x, opts.quantizer == Quantizer::None)?;
+    if !matches!(header.quantizer, Quantizer::Exponent | Quantizer::Bounded) {
+        reconstruct_by_decoding(target, &blob, x, header.quantizer == Quantizer::None)?;
     }
     Ok(blob)
 }
@@ -312,28 +349,6 @@ fn with_delta_context(e: Error, delta: bool) -> Error {
             context: " in the delta x − reference (in x, the reference, or an overflow)".into(),
         },
         e => e,
-    }
-}
-
-/// Chunk `i` (`len` bytes) of a buffer cut into chunks of `chunk_bytes`.
-fn chunk_of(r: Option<&[u8]>, i: usize, chunk_bytes: usize, len: usize) -> Option<&[u8]> {
-    r.map(|r| &r[i * chunk_bytes..i * chunk_bytes + len])
-}
-
-/// What the dequantized values are added to.
-#[derive(Clone, Copy)]
-enum Base<'a> {
-    /// Nothing (a blob without a reference).
-    Zero,
-    /// A reference chunk.
-    Ref(&'a [u8]),
-    /// The output buffer itself, which holds the reference (an in-place update).
-    Out,
-}
-
-impl<'a> Base<'a> {
-    fn of(reference: Option<&'a [u8]>) -> Self {
-        reference.map_or(Base::Zero, Base::Ref)
     }
 }
 
@@ -643,11 +658,28 @@ pub fn inspect(blob: &[u8]) -> Result<Header> {
 /// Decode a blob. A blob encoded against a reference needs the same reference (checked
 /// against the fingerprint stored in the blob).
 pub fn decode(blob: &[u8], reference: Option<&[u8]>) -> Result<Decoded> {
+    decode_with(blob, reference, None)
+}
+
+/// [`decode`] a blob that may be bounded relative to a second moment ([`Bound::Moment`]):
+/// `moment` is that tensor (checked against the blob's fingerprint of it).
+pub fn decode_with(
+    blob: &[u8],
+    reference: Option<&[u8]>,
+    moment: Option<&[u8]>,
+) -> Result<Decoded> {
     let (header, chunks) = format::read(blob)?;
     check_plausible(&header, &chunks)?;
     let n = header.numel()? as usize;
     let mut data = entropy::try_alloc(n * header.dtype.size())?;
-    decode_parsed(&header, &chunks, reference, &mut data)?;
+    decode_parsed(
+        &header,
+        &chunks,
+        Base::of(reference),
+        reference,
+        moment,
+        &mut data,
+    )?;
     Ok(Decoded {
         dtype: header.dtype,
         shape: header.shape,
@@ -663,10 +695,10 @@ fn check_plausible(header: &Header, chunks: &[&[u8]]) -> Result<()> {
     let per_chunk = header.chunk_elems as usize;
     for (i, c) in chunks.iter().enumerate() {
         let want = per_chunk.min(stream_len - i * per_chunk);
-        let streams: Vec<&[u8]> = if header.quantizer == Quantizer::None {
-            lossless::plane_streams(c, header.dtype.size())?
-        } else {
-            vec![c]
+        let streams: Vec<&[u8]> = match header.quantizer {
+            Quantizer::None => lossless::plane_streams(c, header.dtype.size())?,
+            Quantizer::Bounded => vec![bounded::token_stream(c)?],
+            _ => vec![c],
         };
         for s in streams {
             if entropy::plausible_len(s)? != want {
@@ -681,6 +713,16 @@ fn check_plausible(header: &Header, chunks: &[&[u8]]) -> Result<()> {
 
 /// Decode a blob into `out` (which must hold exactly the tensor's bytes); returns the header.
 pub fn decode_into(blob: &[u8], reference: Option<&[u8]>, out: &mut [u8]) -> Result<Header> {
+    decode_into_with(blob, reference, None, out)
+}
+
+/// [`decode_into`] with the second moment of a [`Bound::Moment`] blob.
+pub fn decode_into_with(
+    blob: &[u8],
+    reference: Option<&[u8]>,
+    moment: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<Header> {
     let (header, chunks) = format::read(blob)?;
     check_plausible(&header, &chunks)?;
     let n = header.numel()? as usize;
@@ -691,7 +733,14 @@ pub fn decode_into(blob: &[u8], reference: Option<&[u8]>, out: &mut [u8]) -> Res
             n * header.dtype.size()
         )));
     }
-    decode_parsed(&header, &chunks, reference, out)?;
+    decode_parsed(
+        &header,
+        &chunks,
+        Base::of(reference),
+        reference,
+        moment,
+        out,
+    )?;
     Ok(header)
 }
 
@@ -710,41 +759,72 @@ pub fn decode_into(blob: &[u8], reference: Option<&[u8]>, out: &mut [u8]) -> Res
 /// assert_eq!(deltackpt::decode(&blob, Some(&prev)).unwrap().data, state);
 /// ```
 pub fn decode_update(blob: &[u8], reference: &mut [u8]) -> Result<Header> {
+    decode_update_with(blob, reference, None)
+}
+
+/// [`decode_update`] with the second moment of a [`Bound::Moment`] blob.
+pub fn decode_update_with(
+    blob: &[u8],
+    reference: &mut [u8],
+    moment: Option<&[u8]>,
+) -> Result<Header> {
     let (header, chunks) = format::read(blob)?;
     check_plausible(&header, &chunks)?;
-    check_reference(
-        &header,
-        Some(reference),
-        header.numel()? as usize * header.dtype.size(),
-    )?;
-    if header.quantizer == Quantizer::Exponent {
-        let chunk_elems = header.chunk_elems as usize;
-        parallel::install(|| decode_exponent(&header, &chunks, chunk_elems, Base::Out, reference))?;
+    let n = header.numel()? as usize * header.dtype.size();
+    check_reference(&header, Some(reference), n)?;
+    if matches!(header.quantizer, Quantizer::Exponent | Quantizer::Bounded) {
+        // Both apply each chunk in place.
+        decode_parsed(&header, &chunks, Base::Out, None, moment, reference)?;
     } else {
         let base = reference.to_vec();
-        decode_parsed(&header, &chunks, Some(&base), reference)?;
+        decode_parsed(
+            &header,
+            &chunks,
+            Base::of(Some(&base)),
+            Some(&base),
+            moment,
+            reference,
+        )?;
     }
     Ok(header)
 }
 
+/// Decode parsed chunks into `out`, added to `base`; `reference` is what the blob's
+/// fingerprint is checked against (`None` when `base` is `out` itself, checked by the caller).
 fn decode_parsed(
     header: &Header,
     chunks: &[&[u8]],
+    base: Base<'_>,
     reference: Option<&[u8]>,
+    moment: Option<&[u8]>,
     out: &mut [u8],
 ) -> Result<()> {
-    check_reference(header, reference, out.len())?;
+    if !matches!(base, Base::Out) {
+        check_reference(header, reference, out.len())?;
+    }
+    if moment.is_some() && header.quantizer != Quantizer::Bounded {
+        return Err(Error::ReferenceMismatch(
+            "this blob was encoded without a second moment; decode it without one".into(),
+        ));
+    }
     let chunk_elems = header.chunk_elems as usize;
     parallel::install(|| match header.quantizer {
         Quantizer::None => {
             lossless::decode_chunks(header.dtype, chunks, chunk_elems, reference, out)
         }
-        Quantizer::Exponent => {
-            decode_exponent(header, chunks, chunk_elems, Base::of(reference), out)
-        }
+        Quantizer::Exponent => decode_exponent(header, chunks, chunk_elems, base, out),
         Quantizer::Uniform | Quantizer::Lattice => {
             decode_scalar(header, chunks, chunk_elems, reference, out)
         }
+        Quantizer::Bounded => bounded::decode(
+            header.dtype,
+            &header.params,
+            chunks,
+            chunk_elems,
+            base,
+            moment,
+            out,
+        ),
     })
 }
 
@@ -822,10 +902,7 @@ fn apply_chunks<T: Work>(
         .enumerate()
         .try_for_each(|(i, (o, c))| -> Result<()> {
             let mut sym = take_scratch(&SCRATCH_SYM, o.len() / size);
-            let b = match base {
-                Base::Ref(r) => Base::of(chunk_of(Some(r), i, chunk_bytes, o.len())),
-                other => other,
-            };
+            let b = base.chunk(i, chunk_bytes, o.len());
             let done = entropy::decode_into(c, &mut sym)
                 .and_then(|_| exponent::check_symbols(&sym, table.len()))
                 .map(|_| T::apply(dtype, &sym, &lut, b, o));

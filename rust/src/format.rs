@@ -40,6 +40,9 @@ pub enum Quantizer {
     Uniform,
     /// Lattice quantization of blocks with Babai's nearest plane (LatticeQ).
     Lattice,
+    /// Error-bounded: a delta on a grid chosen for a promised bound (absolute, relative L2,
+    /// pointwise relative, or relative to a second moment), checked by the encoder.
+    Bounded,
 }
 
 impl Quantizer {
@@ -50,8 +53,9 @@ impl Quantizer {
             "exponent" => Ok(Quantizer::Exponent),
             "uniform" => Ok(Quantizer::Uniform),
             "lattice" => Ok(Quantizer::Lattice),
+            "bounded" => Ok(Quantizer::Bounded),
             other => Err(Error::invalid(format!(
-                "unknown quantizer {other:?}; expected \"none\", \"exponent\", \"uniform\" or \"lattice\""
+                "unknown quantizer {other:?}; expected \"none\", \"exponent\", \"uniform\", \"lattice\" or \"bounded\""
             ))),
         }
     }
@@ -62,6 +66,7 @@ impl Quantizer {
             Quantizer::Exponent => "exponent",
             Quantizer::Uniform => "uniform",
             Quantizer::Lattice => "lattice",
+            Quantizer::Bounded => "bounded",
         }
     }
     fn id(self) -> u8 {
@@ -70,6 +75,7 @@ impl Quantizer {
             Quantizer::Exponent => 1,
             Quantizer::Uniform => 2,
             Quantizer::Lattice => 3,
+            Quantizer::Bounded => 4,
         }
     }
     fn from_id(id: u8) -> Result<Self> {
@@ -78,6 +84,7 @@ impl Quantizer {
             1 => Ok(Quantizer::Exponent),
             2 => Ok(Quantizer::Uniform),
             3 => Ok(Quantizer::Lattice),
+            4 => Ok(Quantizer::Bounded),
             other => Err(Error::Unsupported(format!(
                 "quantizer id {other} is unknown to this build; upgrade deltackpt"
             ))),
@@ -155,6 +162,14 @@ impl Header {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         Ok(Some((dim, basis)))
+    }
+
+    /// Error-bounded quantizer parameters (`None` for other quantizers).
+    pub fn bounded_params(&self) -> Result<Option<crate::bounded::BoundedParams>> {
+        if self.quantizer != Quantizer::Bounded {
+            return Ok(None);
+        }
+        crate::bounded::read_params(&self.params).map(Some)
     }
 
     /// The exponent table as f64 values (f32 tables widened).

@@ -21,6 +21,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod bounded;
 pub mod codec;
 pub mod entropy;
 pub mod error;
@@ -30,15 +31,19 @@ pub mod lossless;
 pub mod parallel;
 pub mod quant;
 mod scalar;
+mod target;
 
+pub use bounded::{BoundedParams, Measured};
 pub use codec::{
-    decode, decode_into, decode_update, delta_histogram, encode, encode_reconstruct, encode_update,
-    inspect, Decoded, EncodeOptions, Tensor,
+    decode, decode_into, decode_into_with, decode_update, decode_update_with, decode_with,
+    delta_histogram, encode, encode_reconstruct, encode_update, inspect, Decoded, EncodeOptions,
+    Tensor,
 };
 pub use entropy::Coder;
 pub use error::{Error, Result};
 pub use float::DType;
 pub use format::{Header, Quantizer};
+pub use quant::bounded::Bound;
 pub use quant::exponent::BucketValue;
 
 /// The README's Rust example, compiled and run as a doc-test.

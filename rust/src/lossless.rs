@@ -10,7 +10,6 @@
 
 use rayon::prelude::*;
 
-use crate::codec::EncodeOptions;
 use crate::entropy::{self, Coder};
 use crate::error::{Error, Result};
 use crate::float::{self, DType};
@@ -40,14 +39,18 @@ fn plane_coder(plane: &[u8], requested: Coder) -> Coder {
     }
 }
 
+/// Code `data` (elements of `dtype`, XORed with `reference` if given) in chunks of
+/// `chunk_elems` elements, each plane with `coder`. A layer below the tensor codec: it knows
+/// nothing of quantizers or encode options.
 pub(crate) fn encode_chunks(
     dtype: DType,
     data: &[u8],
     reference: Option<&[u8]>,
-    opts: &EncodeOptions,
+    chunk_elems: usize,
+    coder: Coder,
 ) -> Result<Vec<Vec<u8>>> {
     let size = dtype.size();
-    let chunk_bytes = opts.chunk_elems * size;
+    let chunk_bytes = chunk_elems * size;
     data.par_chunks(chunk_bytes)
         .enumerate()
         .map(|(i, c)| {
@@ -58,7 +61,7 @@ pub(crate) fn encode_chunks(
             for p in &planes {
                 let at = out.len();
                 out.extend_from_slice(&[0u8; 4]);
-                entropy::encode_into(p, plane_coder(p, opts.coder), &mut out)?;
+                entropy::encode_into(p, plane_coder(p, coder), &mut out)?;
                 let len = (out.len() - at - 4) as u32;
                 out[at..at + 4].copy_from_slice(&len.to_le_bytes());
             }

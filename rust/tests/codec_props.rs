@@ -1,14 +1,14 @@
 //! Property tests of the tensor codec: lossless bit equality, lossy bounds, totality.
 use deltackpt::{
-    decode, decode_update, encode, encode_reconstruct, encode_update, Coder, DType, EncodeOptions,
-    Error, Quantizer, Tensor,
+    decode, decode_update, encode, encode_reconstruct, encode_update, Bound, Coder, DType,
+    EncodeOptions, Error, Quantizer, Tensor,
 };
 use proptest::prelude::*;
 
 #[path = "../fuzz/fuzz_targets/bodies.rs"]
 mod bodies;
 
-fn opts(q: Quantizer, bits: u8, chunk: usize) -> EncodeOptions {
+fn opts(q: Quantizer, bits: u8, chunk: usize) -> EncodeOptions<'static> {
     EncodeOptions {
         quantizer: q,
         bits,
@@ -197,6 +197,19 @@ fn tensor_fuzz_body_is_total_on_mutated_blobs() {
             };
             seeds.push(encode(x, None, &o).unwrap());
         }
+    }
+    for bound in [
+        Bound::Abs(1e-4),
+        Bound::Rel(1e-2),
+        Bound::Pointwise(0.01),
+        Bound::Moment { t: 0.1, eps: 1e-8 },
+    ] {
+        let o = EncodeOptions {
+            bound: Some(bound),
+            moment: matches!(bound, Bound::Moment { .. }).then_some(&bytes[..]),
+            ..opts(Quantizer::Bounded, 0, 700)
+        };
+        seeds.push(encode(x, None, &o).unwrap());
     }
     let mut s = 0x1234_5678_9abc_def1u64;
     let mut next = move || {

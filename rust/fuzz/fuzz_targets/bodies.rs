@@ -62,6 +62,8 @@ pub fn tensor_decode(data: &[u8]) {
                     let mut zeros = vec![0u8; bytes];
                     let _ = deltackpt::decode(&sealed, Some(&zeros));
                     let _ = deltackpt::decode_update(&sealed, &mut zeros);
+                    // bounded blobs relative to a second moment (refused unless it matches)
+                    let _ = deltackpt::decode_with(&sealed, None, Some(&zeros));
                 }
             }
         } else {

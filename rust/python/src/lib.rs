@@ -48,6 +48,24 @@ impl From<DkError> for PyErr {
     }
 }
 
+/// A bound from its Python name and values.
+fn parse_bound(name: &str, value: f64, eps: f64) -> deltackpt::Result<deltackpt::Bound> {
+    use deltackpt::Bound as B;
+    let b = match name {
+        "abs" => B::Abs(value),
+        "rel" => B::Rel(value),
+        "pointwise" => B::Pointwise(value),
+        "moment" => B::Moment { t: value, eps },
+        other => {
+            return Err(deltackpt::Error::invalid(format!(
+            "unknown error bound {other:?}; expected \"abs\", \"rel\", \"pointwise\" or \"moment\""
+        )))
+        }
+    };
+    b.validate()?;
+    Ok(b)
+}
+
 /// `(dtype name, shape, tag, element bytes)` of a decoded tensor.
 type DecodedTuple<'py> = (String, Vec<u64>, u8, Bound<'py, PyArray1<u8>>);
 /// `(symbols, table)` of the exponent quantizer.
@@ -59,7 +77,7 @@ fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
 }
 
 #[pyfunction]
-#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0, symmetric=true, dim=3, lattice_iters=400, seed=0, floor_exponent=None, floor_sign=None, reconstruction=None, in_place=false))]
+#[pyo3(signature = (data, dtype, shape, reference=None, quantizer="exponent", bits=3, coder="auto", bucket_value="mean", tag=0, symmetric=true, dim=3, lattice_iters=400, seed=0, floor_exponent=None, floor_sign=None, reconstruction=None, in_place=false, bound=None, bound_value=0.0, eps=0.0, moment=None))]
 #[allow(clippy::too_many_arguments)]
 fn encode<'py>(
     py: Python<'py>,
@@ -80,8 +98,19 @@ fn encode<'py>(
     floor_sign: Option<u8>,
     reconstruction: Option<PyReadwriteArray1<'py, u8>>,
     in_place: bool,
+    bound: Option<&str>,
+    bound_value: f64,
+    eps: f64,
+    moment: Option<PyReadonlyArray1<'py, u8>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    let moment = moment.as_ref().map(|m| m.as_slice()).transpose()?;
+    let bound = bound
+        .map(|b| parse_bound(b, bound_value, eps))
+        .transpose()
+        .map_err(DkError)?;
     let opts = EncodeOptions {
+        bound,
+        moment,
         quantizer: Quantizer::from_name(quantizer).map_err(DkError)?,
         bits,
         coder: Coder::from_name(coder).map_err(DkError)?,
@@ -121,14 +150,16 @@ fn encode<'py>(
 }
 
 #[pyfunction]
-#[pyo3(signature = (blob, reference=None))]
+#[pyo3(signature = (blob, reference=None, moment=None))]
 fn decode<'py>(
     py: Python<'py>,
     blob: &[u8],
     reference: Option<PyReadonlyArray1<'py, u8>>,
+    moment: Option<PyReadonlyArray1<'py, u8>>,
 ) -> PyResult<DecodedTuple<'py>> {
     let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
-    let d = without_gil(py, || deltackpt::decode(blob, reference)).map_err(DkError)?;
+    let moment = moment.as_ref().map(|m| m.as_slice()).transpose()?;
+    let d = without_gil(py, || deltackpt::decode_with(blob, reference, moment)).map_err(DkError)?;
     Ok((
         d.dtype.name().to_string(),
         d.shape,
@@ -140,20 +171,24 @@ fn decode<'py>(
 /// Decode into `out` (the tensor's bytes); with `in_place`, `out` holds the reference and is
 /// replaced by the result. Returns the header's dtype, shape and tag.
 #[pyfunction]
-#[pyo3(signature = (blob, out, reference=None, in_place=false))]
+#[pyo3(signature = (blob, out, reference=None, in_place=false, moment=None))]
 fn decode_into<'py>(
     py: Python<'py>,
     blob: &[u8],
     mut out: PyReadwriteArray1<'py, u8>,
     reference: Option<PyReadonlyArray1<'py, u8>>,
     in_place: bool,
+    moment: Option<PyReadonlyArray1<'py, u8>>,
 ) -> PyResult<(String, Vec<u64>, u8)> {
     let out = out.as_slice_mut()?;
+    let moment = moment.as_ref().map(|m| m.as_slice()).transpose()?;
     let h = if in_place {
-        without_gil(py, || deltackpt::decode_update(blob, out))
+        without_gil(py, || deltackpt::decode_update_with(blob, out, moment))
     } else {
         let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
-        without_gil(py, || deltackpt::decode_into(blob, reference, out))
+        without_gil(py, || {
+            deltackpt::decode_into_with(blob, reference, moment, out)
+        })
     }
     .map_err(DkError)?;
     Ok((h.dtype.name().to_string(), h.shape, h.tag))
@@ -216,6 +251,20 @@ fn inspect<'py>(py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyDict>> {
     if let Some((dim, basis)) = h.lattice_basis().map_err(DkError)? {
         d.set_item("dim", dim)?;
         d.set_item("basis", basis)?;
+    }
+    if let Some(p) = h.bounded_params().map_err(DkError)? {
+        d.set_item("bound", p.bound.name())?;
+        d.set_item("bound_value", p.bound.value())?;
+        if let deltackpt::Bound::Moment { eps, .. } = p.bound {
+            d.set_item("eps", eps)?;
+        }
+        d.set_item("step", p.step)?;
+        d.set_item("theta", p.theta)?;
+        let m = PyDict::new(py);
+        m.set_item("max_abs_error", p.measured.max_abs)?;
+        m.set_item("rel_l2_error", p.measured.rel_l2)?;
+        m.set_item("max_rel_error", p.measured.max_rel)?;
+        d.set_item("measured", m)?;
     }
     d.set_item("chunks", h.chunk_sizes.len())?;
     d.set_item("chunk_elems", h.chunk_elems)?;

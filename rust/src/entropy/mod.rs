@@ -27,6 +27,7 @@ mod baseline;
 pub mod bitio;
 pub mod chunks;
 pub mod huffman;
+pub mod levels;
 pub mod lz77;
 pub mod runs;
 pub mod simd;

@@ -3,6 +3,8 @@
 //! - [`exponent`]: LC-checkpoint's exponent buckets with priority promotion (SPEC 2.2).
 //! - [`uniform`]: affine (scale, zero point) and symmetric scalar quantization, per tensor or
 //!   per channel (SPEC 2.7).
+//! - [`bounded`]: error-bounded grids (absolute, relative L2, pointwise relative, relative to
+//!   a second moment), checked by the encoder on what it wrote.
 //! - [`lattice`]: LatticeQ — blocks of `n ≤ 9` values quantized on a truncated lattice with
 //!   Babai's nearest plane algorithm, plus a random search for a good basis (SPEC 2.8).
 //!
@@ -10,6 +12,7 @@
 //! cubic lattice `λI` reproduces uniform quantization of step `λ` bit for bit. Ties round to
 //! even. Non-finite input is rejected with [`Error::NonFinite`].
 
+pub mod bounded;
 pub mod exponent;
 pub mod lattice;
 pub mod uniform;

@@ -1,0 +1,840 @@
+//! Container glue of the error-bounded quantizer ([`crate::quant::bounded`]): chunks of a
+//! tensor → levels (checked against the bound, escapes where it fails) → tokens and extra bits
+//! ([`crate::entropy::levels`]) → entropy-coded chunks, and back.
+//!
+//! Chunk layout: `u32` length of the token stream, the token stream (an
+//! [`entropy`](crate::entropy) stream, one token per element), then the extra bits.
+//!
+//! Parameters stored in the blob (little-endian): `u8` bound kind, `u8` index of the rounding
+//! offset θ in [`THETAS`], `f64` bound value, `f64` grid step (grid modes; `Moment`: the factor
+//! `c` of `√|v| + eps`; pointwise: the key step `K`), for `Moment` bounds `f64` eps and `u64`
+//! xxh3-64 of the second moment `v`; then what the encoder measured on the reconstruction it
+//! wrote, each as an `f32` rounded up: max |x̂ − x|, ‖x̂ − x‖₂/‖x‖₂, max |x̂ − x|/|x|.
+
+use rayon::prelude::*;
+
+use crate::entropy::bitio::{BitReader, BitWriter};
+use crate::entropy::levels::{self, Level, ESCAPE};
+use crate::entropy::{self, Coder};
+use crate::error::{Error, Result};
+use crate::float::DType;
+use crate::quant::bounded::{self as q, Bound, DeltaHistogram, GridFloat};
+use crate::target::{chunk_of, Base, Target};
+
+/// Size of the parameter block (without the moment's eps and fingerprint).
+const PARAMS_LEN: usize = 2 + 2 * 8 + 3 * 4;
+/// Rounding offsets a relative bound chooses from (index stored in the parameters).
+pub(crate) const THETAS: [f64; 4] = [0.5, 0.4, 0.3, 0.2];
+/// Elements the histogram of a relative bound looks at (a strided sample of blocks).
+const PLAN_SAMPLE: usize = 1 << 20;
+/// Block of consecutive elements in that sample.
+const PLAN_BLOCK: usize = 1024;
+/// Share of the budget the histogram plan aims at (the exact check allows all of it).
+const PLAN_FILL: f64 = 0.92;
+/// Steps tried by the exact check of a relative bound, as factors of the planned step.
+const CANDIDATES: [f64; 6] = [1.0, 0.93, 0.85, 0.75, 0.6, 0.45];
+
+/// One element of a dtype, as the bounded quantizer sees it.
+pub(crate) trait Elem: Send + Sync + 'static {
+    /// Working precision.
+    type W: GridFloat;
+    /// Bytes per element.
+    const SIZE: usize;
+    /// Largest finite magnitude key.
+    const MAX_KEY: i64;
+    /// Mantissa bits.
+    const MANTISSA: u32;
+    /// The element at the start of `b`, in `W` (exact).
+    fn load(b: &[u8]) -> Self::W;
+    /// `w` rounded to the dtype, written to `out`.
+    fn store(w: Self::W, out: &mut [u8]);
+    /// `w` rounded to the dtype, back in `W` (the value `store` writes).
+    fn round(w: Self::W) -> Self::W;
+    /// The element's raw bits.
+    fn bits(b: &[u8]) -> u64;
+    /// Write raw bits.
+    fn put_bits(v: u64, out: &mut [u8]);
+    /// Sign-magnitude bit pattern as a monotone integer.
+    fn key(b: &[u8]) -> i64 {
+        let sign = 1u64 << (Self::SIZE * 8 - 1);
+        let bits = Self::bits(b);
+        let mag = (bits & (sign - 1)) as i64;
+        if bits & sign != 0 {
+            -mag
+        } else {
+            mag
+        }
+    }
+    /// Inverse of [`Elem::key`] (−0 becomes +0).
+    fn put_key(k: i64, out: &mut [u8]) {
+        let sign = 1u64 << (Self::SIZE * 8 - 1);
+        Self::put_bits(
+            if k < 0 {
+                k.unsigned_abs() | sign
+            } else {
+                k as u64
+            },
+            out,
+        );
+    }
+}
+
+struct F32E;
+struct F64E;
+struct F16E;
+struct Bf16E;
+
+impl Elem for F32E {
+    type W = f32;
+    const SIZE: usize = 4;
+    const MAX_KEY: i64 = 0x7f7f_ffff;
+    const MANTISSA: u32 = 23;
+    #[inline(always)]
+    fn load(b: &[u8]) -> f32 {
+        f32::from_le_bytes(b[..4].try_into().unwrap())
+    }
+    #[inline(always)]
+    fn store(w: f32, out: &mut [u8]) {
+        out[..4].copy_from_slice(&w.to_le_bytes());
+    }
+    #[inline(always)]
+    fn round(w: f32) -> f32 {
+        w
+    }
+    #[inline(always)]
+    fn bits(b: &[u8]) -> u64 {
+        u32::from_le_bytes(b[..4].try_into().unwrap()) as u64
+    }
+    #[inline(always)]
+    fn put_bits(v: u64, out: &mut [u8]) {
+        out[..4].copy_from_slice(&(v as u32).to_le_bytes());
+    }
+}
+
+impl Elem for F64E {
+    type W = f64;
+    const SIZE: usize = 8;
+    const MAX_KEY: i64 = 0x7fef_ffff_ffff_ffff;
+    const MANTISSA: u32 = 52;
+    #[inline(always)]
+    fn load(b: &[u8]) -> f64 {
+        f64::from_le_bytes(b[..8].try_into().unwrap())
+    }
+    #[inline(always)]
+    fn store(w: f64, out: &mut [u8]) {
+        out[..8].copy_from_slice(&w.to_le_bytes());
+    }
+    #[inline(always)]
+    fn round(w: f64) -> f64 {
+        w
+    }
+    #[inline(always)]
+    fn bits(b: &[u8]) -> u64 {
+        u64::from_le_bytes(b[..8].try_into().unwrap())
+    }
+    #[inline(always)]
+    fn put_bits(v: u64, out: &mut [u8]) {
+        out[..8].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn u16_of(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+impl Elem for F16E {
+    type W = f32;
+    const SIZE: usize = 2;
+    const MAX_KEY: i64 = 0x7bff;
+    const MANTISSA: u32 = 10;
+    #[inline(always)]
+    fn load(b: &[u8]) -> f32 {
+        half::f16::from_bits(u16_of(b)).to_f32()
+    }
+    #[inline(always)]
+    fn store(w: f32, out: &mut [u8]) {
+        out[..2].copy_from_slice(&half::f16::from_f32(w).to_bits().to_le_bytes());
+    }
+    #[inline(always)]
+    fn round(w: f32) -> f32 {
+        half::f16::from_f32(w).to_f32()
+    }
+    #[inline(always)]
+    fn bits(b: &[u8]) -> u64 {
+        u16_of(b) as u64
+    }
+    #[inline(always)]
+    fn put_bits(v: u64, out: &mut [u8]) {
+        out[..2].copy_from_slice(&(v as u16).to_le_bytes());
+    }
+}
+
+impl Elem for Bf16E {
+    type W = f32;
+    const SIZE: usize = 2;
+    const MAX_KEY: i64 = 0x7f7f;
+    const MANTISSA: u32 = 7;
+    #[inline(always)]
+    fn load(b: &[u8]) -> f32 {
+        f32::from_bits((u16_of(b) as u32) << 16)
+    }
+    #[inline(always)]
+    fn store(w: f32, out: &mut [u8]) {
+        out[..2].copy_from_slice(&half::bf16::from_f32(w).to_bits().to_le_bytes());
+    }
+    #[inline(always)]
+    fn round(w: f32) -> f32 {
+        half::bf16::from_f32(w).to_f32()
+    }
+    #[inline(always)]
+    fn bits(b: &[u8]) -> u64 {
+        u16_of(b) as u64
+    }
+    #[inline(always)]
+    fn put_bits(v: u64, out: &mut [u8]) {
+        out[..2].copy_from_slice(&(v as u16).to_le_bytes());
+    }
+}
+
+/// How levels are formed: everything both sides need (the decoder reads it from the params).
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    bound: Bound,
+    /// Grid step (`Abs`, `Rel`), factor `c` of `√|v| + eps` (`Moment`), key step `K`
+    /// (`Pointwise`, an integer).
+    step: f64,
+    /// Rounding offset (encoder only; stored for information).
+    theta: f64,
+    /// Fingerprint of `v` (`Moment`), else 0.
+    moment_hash: u64,
+}
+
+/// What the encoder measured on the reconstruction it wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Measured {
+    /// Largest |x̂ − x|.
+    pub max_abs: f64,
+    /// ‖x̂ − x‖₂ / ‖x‖₂ (0 when exact).
+    pub rel_l2: f64,
+    /// Largest |x̂ − x| / |x| over the elements that differ.
+    pub max_rel: f64,
+}
+
+/// Running error sums of an encode.
+#[derive(Clone, Copy, Debug, Default)]
+struct Errors {
+    max_abs: f64,
+    sumsq_err: f64,
+    sumsq_x: f64,
+    max_rel: f64,
+}
+
+impl Errors {
+    #[inline(always)]
+    fn add(&mut self, x: f64, y: f64) {
+        let e = (y - x).abs();
+        self.max_abs = self.max_abs.max(e);
+        self.sumsq_err += e * e;
+        self.sumsq_x += x * x;
+        if e > 0.0 {
+            self.max_rel = self.max_rel.max(e / x.abs());
+        }
+    }
+
+    fn merge(mut self, o: Errors) -> Errors {
+        self.max_abs = self.max_abs.max(o.max_abs);
+        self.sumsq_err += o.sumsq_err;
+        self.sumsq_x += o.sumsq_x;
+        self.max_rel = self.max_rel.max(o.max_rel);
+        self
+    }
+
+    fn summary(&self) -> Measured {
+        Measured {
+            max_abs: self.max_abs,
+            rel_l2: if self.sumsq_err == 0.0 {
+                0.0
+            } else {
+                (self.sumsq_err / self.sumsq_x).sqrt()
+            },
+            max_rel: self.max_rel,
+        }
+    }
+}
+
+/// `v` as the nearest `f32` at or above it (reported errors are never understated).
+fn f32_up(v: f64) -> f32 {
+    let f = v as f32;
+    if (f as f64) < v {
+        f32::from_bits(if f >= 0.0 {
+            f.to_bits() + 1
+        } else {
+            f.to_bits() - 1
+        })
+    } else {
+        f
+    }
+}
+
+/// Parsed bounded-quantizer parameters of a blob.
+#[derive(Clone, Copy, Debug)]
+pub struct BoundedParams {
+    /// The promise the encoder kept.
+    pub bound: Bound,
+    /// Grid step / moment factor / key step.
+    pub step: f64,
+    /// Rounding offset used by the encoder.
+    pub theta: f64,
+    /// xxh3-64 of the second moment (`Moment` bounds), else 0.
+    pub moment_hash: u64,
+    /// What the encoder measured.
+    pub measured: Measured,
+}
+
+fn write_params(plan: &Plan, m: &Measured) -> Vec<u8> {
+    let mut p = Vec::with_capacity(PARAMS_LEN + 16);
+    let theta = THETAS.iter().position(|&t| t == plan.theta).unwrap_or(0);
+    p.extend_from_slice(&[plan.bound.id(), theta as u8]);
+    p.extend_from_slice(&plan.bound.value().to_le_bytes());
+    p.extend_from_slice(&plan.step.to_le_bytes());
+    if let Bound::Moment { eps, .. } = plan.bound {
+        p.extend_from_slice(&eps.to_le_bytes());
+        p.extend_from_slice(&plan.moment_hash.to_le_bytes());
+    }
+    for v in [m.max_abs, m.rel_l2, m.max_rel] {
+        p.extend_from_slice(&f32_up(v).to_le_bytes());
+    }
+    p
+}
+
+/// Parse and validate bounded parameters (a forged blob gives [`Error::Corrupt`]).
+pub fn read_params(p: &[u8]) -> Result<BoundedParams> {
+    let moment = p.first() == Some(&Bound::Moment { t: 0.0, eps: 0.0 }.id());
+    if p.len() != PARAMS_LEN + if moment { 16 } else { 0 } {
+        return Err(Error::corrupt("bounded parameters have the wrong length"));
+    }
+    let f64_at = |i: usize| f64::from_le_bytes(p[i..i + 8].try_into().unwrap());
+    let f32_at = |i: usize| f32::from_le_bytes(p[i..i + 4].try_into().unwrap()) as f64;
+    let theta = *THETAS
+        .get(p[1] as usize)
+        .ok_or_else(|| Error::corrupt("bounded parameters: unknown rounding offset"))?;
+    let (value, step) = (f64_at(2), f64_at(10));
+    let (eps, moment_hash, tail) = if moment {
+        (
+            f64_at(18),
+            u64::from_le_bytes(p[26..34].try_into().unwrap()),
+            34,
+        )
+    } else {
+        (0.0, 0, 18)
+    };
+    let bound = Bound::from_parts(p[0], value, eps)?;
+    let valid_step = match bound {
+        Bound::Pointwise(_) => step >= 1.0 && step <= (1u64 << 53) as f64 && step.fract() == 0.0,
+        _ => step.is_finite() && step > 0.0,
+    };
+    if !valid_step {
+        return Err(Error::corrupt("bounded parameters: invalid grid step"));
+    }
+    Ok(BoundedParams {
+        bound,
+        step,
+        theta,
+        moment_hash,
+        measured: Measured {
+            max_abs: f32_at(tail),
+            rel_l2: f32_at(tail + 4),
+            max_rel: f32_at(tail + 8),
+        },
+    })
+}
+
+/// Coded chunks and parameters of a bounded encode.
+type Coded = (Vec<Vec<u8>>, Vec<u8>);
+
+/// Where the reference values of one chunk come from.
+#[derive(Clone, Copy)]
+enum RefSrc<'a> {
+    Zero,
+    Slice(&'a [u8]),
+    /// The output chunk holds the reference (an in-place update).
+    Out,
+}
+
+/// Encode `data` (`dtype` elements) under `bound`; `None` when only exact storage can keep
+/// the bound (a zero bound, or finer than the dtype): the caller stores it losslessly.
+pub(crate) fn encode(
+    dtype: DType,
+    data: &[u8],
+    target: &mut Target<'_>,
+    moment: Option<&[u8]>,
+    bound: Bound,
+    chunk_elems: usize,
+    coder: Coder,
+) -> Result<Option<Coded>> {
+    bound.validate()?;
+    match (bound.needs_moment(), moment) {
+        (true, None) => {
+            return Err(Error::invalid(
+                "a moment bound needs the second moment tensor (same dtype and shape)",
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(Error::invalid(
+                "a second moment tensor is only used with a moment bound",
+            ))
+        }
+        (true, Some(v)) if v.len() != data.len() => {
+            return Err(Error::ReferenceMismatch(format!(
+                "the second moment holds {} bytes, the tensor {}: same dtype and shape needed",
+                v.len(),
+                data.len()
+            )))
+        }
+        _ => {}
+    }
+    if bound.is_exact() {
+        return Ok(None);
+    }
+    match dtype {
+        DType::F32 => encode_typed::<F32E>(data, target, moment, bound, chunk_elems, coder),
+        DType::F64 => encode_typed::<F64E>(data, target, moment, bound, chunk_elems, coder),
+        DType::F16 => encode_typed::<F16E>(data, target, moment, bound, chunk_elems, coder),
+        DType::BF16 => encode_typed::<Bf16E>(data, target, moment, bound, chunk_elems, coder),
+    }
+}
+
+fn encode_typed<E: Elem>(
+    data: &[u8],
+    target: &mut Target<'_>,
+    moment: Option<&[u8]>,
+    bound: Bound,
+    chunk_elems: usize,
+    coder: Coder,
+) -> Result<Option<Coded>> {
+    check_finite::<E>(data, target.reference())?;
+    let Some(plan) = make_plan::<E>(data, target.reference(), moment, bound, chunk_elems) else {
+        return Ok(None);
+    };
+    let chunk_bytes = chunk_elems * E::SIZE;
+    let xs = data.par_chunks(chunk_bytes).enumerate();
+    let vc = |i: usize, len: usize| chunk_of(moment, i, chunk_bytes, len);
+    let run = |xc: &[u8], r: RefSrc<'_>, v: Option<&[u8]>, out: Option<&mut [u8]>| {
+        encode_chunk::<E>(&plan, xc, r, v, out, coder)
+    };
+    let parts: Vec<(Vec<u8>, Errors)> = match target {
+        Target::Plain(r) => xs
+            .map(|(i, xc)| {
+                let r = chunk_of(*r, i, chunk_bytes, xc.len()).map_or(RefSrc::Zero, RefSrc::Slice);
+                run(xc, r, vc(i, xc.len()), None)
+            })
+            .collect::<Result<_>>()?,
+        Target::Into(r, out) => xs
+            .zip(out.par_chunks_mut(chunk_bytes))
+            .map(|((i, xc), oc)| {
+                let r = chunk_of(*r, i, chunk_bytes, xc.len()).map_or(RefSrc::Zero, RefSrc::Slice);
+                run(xc, r, vc(i, xc.len()), Some(oc))
+            })
+            .collect::<Result<_>>()?,
+        Target::Update(buf) => xs
+            .zip(buf.par_chunks_mut(chunk_bytes))
+            .map(|((i, xc), oc)| run(xc, RefSrc::Out, vc(i, xc.len()), Some(oc)))
+            .collect::<Result<_>>()?,
+    };
+    let measured = parts
+        .iter()
+        .fold(Errors::default(), |a, (_, m)| a.merge(*m))
+        .summary();
+    let chunks = parts.into_iter().map(|(c, _)| c).collect();
+    Ok(Some((chunks, write_params(&plan, &measured))))
+}
+
+/// Lossy bounds need finite input (the reference too: its non-finite values would make the
+/// delta non-finite).
+fn check_finite<E: Elem>(data: &[u8], reference: Option<&[u8]>) -> Result<()> {
+    for (b, context) in [(Some(data), ""), (reference, " in the reference")] {
+        let Some(b) = b else { continue };
+        let bad = |c: &[u8]| !E::load(c).to_f64().is_finite();
+        let count = b
+            .par_chunks(E::SIZE << 14)
+            .map(|c| c.chunks_exact(E::SIZE).filter(|e| bad(e)).count() as u64)
+            .sum::<u64>();
+        if count > 0 {
+            let first = b.chunks_exact(E::SIZE).position(bad).unwrap_or(0) as u64;
+            return Err(Error::NonFinite {
+                count,
+                first_index: first,
+                context: context.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn make_plan<E: Elem>(
+    data: &[u8],
+    reference: Option<&[u8]>,
+    moment: Option<&[u8]>,
+    bound: Bound,
+    chunk_elems: usize,
+) -> Option<Plan> {
+    let moment_hash = moment.map_or(0, xxhash_rust::xxh3::xxh3_64);
+    let plan = |step, theta| Plan {
+        bound,
+        step,
+        theta,
+        moment_hash,
+    };
+    match bound {
+        Bound::Abs(t) | Bound::Moment { t, .. } => {
+            let step = q::grid_step(t);
+            (step > 0.0 && E::W::from_f64(step).to_f64() > 0.0).then(|| plan(step, 0.5))
+        }
+        Bound::Pointwise(rho) => q::pointwise_step(rho, E::MANTISSA).map(|k| plan(k as f64, 0.5)),
+        Bound::Rel(e) => plan_rel::<E>(data, reference, e, chunk_elems).map(|(s, t)| plan(s, t)),
+    }
+}
+
+/// The grid of a relative bound: a histogram of a sample proposes a step and offset, then an
+/// exact pass over the whole tensor (the same arithmetic as the encoder) picks the largest
+/// candidate step that keeps the bound.
+fn plan_rel<E: Elem>(
+    data: &[u8],
+    reference: Option<&[u8]>,
+    e: f64,
+    chunk_elems: usize,
+) -> Option<(f64, f64)> {
+    let n = data.len() / E::SIZE;
+    let blocks = n.div_ceil(PLAN_BLOCK);
+    let stride = (blocks * PLAN_BLOCK / PLAN_SAMPLE).max(1);
+    let hist = (0..blocks)
+        .into_par_iter()
+        .step_by(stride)
+        .fold(DeltaHistogram::default, |mut h, b| {
+            let lo = b * PLAN_BLOCK * E::SIZE;
+            let hi = (lo + PLAN_BLOCK * E::SIZE).min(data.len());
+            for_deltas::<E>(&data[lo..hi], reference.map(|r| &r[lo..hi]), |d, x| {
+                h.add(d, x)
+            });
+            h
+        })
+        .reduce(DeltaHistogram::default, |mut a, b| {
+            a.merge(&b);
+            a
+        });
+    let (step, theta) = hist.plan(e, PLAN_FILL)?;
+    let steps: Vec<f64> = CANDIDATES.iter().map(|c| c * step).collect();
+    let chunk_bytes = chunk_elems * E::SIZE;
+    let sums = data
+        .par_chunks(chunk_bytes)
+        .enumerate()
+        .map(|(i, xc)| {
+            let r = chunk_of(reference, i, chunk_bytes, xc.len());
+            grid_errors::<E>(xc, r, &steps, theta)
+        })
+        .reduce(
+            || (vec![0.0; steps.len()], 0.0),
+            |mut a, b| {
+                a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+                (a.0, a.1 + b.1)
+            },
+        );
+    // A hair below the budget: the encoder sums the same errors in another order.
+    let budget = e * e * sums.1 * (1.0 - 1e-9);
+    steps
+        .iter()
+        .zip(&sums.0)
+        .find(|(_, &err)| err <= budget)
+        .map(|(&s, _)| (s, theta))
+}
+
+/// Call `f(d, x)` for each element: `d = x − r` in `f64` (exact for 16/32-bit dtypes).
+#[inline(always)]
+fn for_deltas<E: Elem>(x: &[u8], r: Option<&[u8]>, mut f: impl FnMut(f64, f64)) {
+    match r {
+        Some(r) => {
+            for (xc, rc) in x.chunks_exact(E::SIZE).zip(r.chunks_exact(E::SIZE)) {
+                let xv = E::load(xc).to_f64();
+                f(xv - E::load(rc).to_f64(), xv);
+            }
+        }
+        None => {
+            for xc in x.chunks_exact(E::SIZE) {
+                let xv = E::load(xc).to_f64();
+                f(xv, xv);
+            }
+        }
+    }
+}
+
+/// Exact Σ(x̂ − x)² of a chunk for each grid step (escapes count as exact), and Σx².
+fn grid_errors<E: Elem>(x: &[u8], r: Option<&[u8]>, steps: &[f64], theta: f64) -> (Vec<f64>, f64) {
+    let mut errs = vec![0.0; steps.len()];
+    let mut sumsq_x = 0.0;
+    let n = x.len() / E::SIZE;
+    for i in 0..n {
+        let xw = E::load(&x[i * E::SIZE..]);
+        let rw = r.map_or(E::W::ZERO, |r| E::load(&r[i * E::SIZE..]));
+        let xv = xw.to_f64();
+        let d = xv - rw.to_f64();
+        sumsq_x += xv * xv;
+        for (err, &s) in errs.iter_mut().zip(steps) {
+            if let Some((_, y)) = grid_try::<E>(rw, d, E::W::from_f64(s), theta) {
+                let e = y.to_f64() - xv;
+                *err += e * e;
+            }
+        }
+    }
+    (errs, sumsq_x)
+}
+
+/// The level of `d` on grid `step` and the dtype-rounded reconstruction, if finite.
+#[inline(always)]
+fn grid_try<E: Elem>(r: E::W, d: f64, step: E::W, theta: f64) -> Option<(i64, E::W)> {
+    let q = q::grid_level(d, step.to_f64(), theta)?;
+    let y = E::round(q::grid_value(r, q, step));
+    y.to_f64().is_finite().then_some((q, y))
+}
+
+/// Encode one chunk: tokens and extra bits, the reconstruction into `out` when given.
+fn encode_chunk<E: Elem>(
+    plan: &Plan,
+    x: &[u8],
+    r: RefSrc<'_>,
+    v: Option<&[u8]>,
+    mut out: Option<&mut [u8]>,
+    coder: Coder,
+) -> Result<(Vec<u8>, Errors)> {
+    let n = x.len() / E::SIZE;
+    let mut tokens = Vec::with_capacity(n);
+    let mut extra = Vec::new();
+    let mut w = BitWriter::new(&mut extra, n);
+    let mut m = Errors::default();
+    let mut y_bytes = [0u8; 8];
+    for i in 0..n {
+        let at = i * E::SIZE;
+        let xb = &x[at..at + E::SIZE];
+        let rb: Option<&[u8]> = match r {
+            RefSrc::Zero => None,
+            RefSrc::Slice(s) => Some(&s[at..at + E::SIZE]),
+            RefSrc::Out => out.as_deref().map(|o| &o[at..at + E::SIZE]),
+        };
+        let vb = v.map(|v| &v[at..at + E::SIZE]);
+        let xv = E::load(xb).to_f64();
+        let token = match choose::<E>(plan, xb, rb, vb, &mut y_bytes) {
+            Some(q) => levels::write_level(q, &mut w),
+            None => {
+                y_bytes[..E::SIZE].copy_from_slice(xb);
+                levels::write_escape(E::bits(xb), E::SIZE as u32 * 8, &mut w)
+            }
+        };
+        tokens.push(token);
+        m.add(xv, E::load(&y_bytes).to_f64());
+        if let Some(o) = out.as_deref_mut() {
+            o[at..at + E::SIZE].copy_from_slice(&y_bytes[..E::SIZE]);
+        }
+    }
+    w.finish();
+    let mut chunk = Vec::with_capacity(tokens.len() / 4 + extra.len() + 16);
+    chunk.extend_from_slice(&[0; 4]);
+    entropy::encode_into(&tokens, coder, &mut chunk)?;
+    let len = (chunk.len() - 4) as u32;
+    chunk[..4].copy_from_slice(&len.to_le_bytes());
+    chunk.extend_from_slice(&extra);
+    Ok((chunk, m))
+}
+
+/// The level of one element that keeps the bound, its reconstruction written to `y`; `None`
+/// when only the exact value does (an escape).
+#[inline(always)]
+fn choose<E: Elem>(
+    plan: &Plan,
+    xb: &[u8],
+    rb: Option<&[u8]>,
+    vb: Option<&[u8]>,
+    y: &mut [u8],
+) -> Option<i64> {
+    let xw = E::load(xb);
+    let xv = xw.to_f64();
+    match plan.bound {
+        Bound::Pointwise(rho) => {
+            let kr = rb.map_or(0, E::key);
+            let q = q::key_level(E::key(xb), kr, plan.step as u64)?;
+            E::put_key(q::key_value(kr, q, plan.step as u64, E::MAX_KEY), y);
+            let yv = E::load(y).to_f64();
+            ((yv - xv).abs() <= rho * xv.abs()).then_some(q)
+        }
+        _ => {
+            let rw = rb.map_or(E::W::ZERO, E::load);
+            let (step, tol) = grid_step_tol::<E>(plan, vb);
+            let d = xv - rw.to_f64();
+            let (q, yw) = grid_try::<E>(rw, d, step, plan.theta)?;
+            let fits = |yw: E::W| (yw.to_f64() - xv).abs() <= tol;
+            let q = if fits(yw) {
+                E::store(yw, y);
+                q
+            } else {
+                // The roundings pushed it out: the neighbouring level on the other side.
+                let q2 = if yw.to_f64() < xv { q + 1 } else { q - 1 };
+                let y2 = E::round(q::grid_value(rw, q2, step));
+                if q2.abs() > q::MAX_LEVEL || !fits(y2) {
+                    return None;
+                }
+                E::store(y2, y);
+                q2
+            };
+            Some(q)
+        }
+    }
+}
+
+/// Grid step (in `W`) and per-element tolerance (`f64`; infinite for `Rel`, whose bound is
+/// on the whole tensor).
+#[inline(always)]
+fn grid_step_tol<E: Elem>(plan: &Plan, vb: Option<&[u8]>) -> (E::W, f64) {
+    match (plan.bound, vb) {
+        (Bound::Moment { t, eps }, Some(v)) => {
+            let vw = E::load(v);
+            let scale = vw.root_plus(E::W::from_f64(eps));
+            let tol = t * (vw.to_f64().abs().sqrt() + eps);
+            (scale.times(E::W::from_f64(plan.step)), tol)
+        }
+        (Bound::Abs(t), _) => (E::W::from_f64(plan.step), t),
+        _ => (E::W::from_f64(plan.step), f64::INFINITY),
+    }
+}
+
+/// Decode bounded chunks into `out`, adding to `base`.
+pub(crate) fn decode(
+    dtype: DType,
+    params: &[u8],
+    chunks: &[&[u8]],
+    chunk_elems: usize,
+    base: Base<'_>,
+    moment: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let p = read_params(params)?;
+    match (p.bound.needs_moment(), moment) {
+        (true, None) => {
+            return Err(Error::ReferenceMismatch(
+                "this blob is bounded relative to a second moment: pass that tensor".into(),
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(Error::ReferenceMismatch(
+                "this blob was encoded without a second moment; decode it without one".into(),
+            ))
+        }
+        (true, Some(v))
+            if v.len() != out.len() || xxhash_rust::xxh3::xxh3_64(v) != p.moment_hash =>
+        {
+            return Err(Error::ReferenceMismatch(
+                "the second moment differs from the one this blob was encoded against".into(),
+            ))
+        }
+        _ => {}
+    }
+    let plan = Plan {
+        bound: p.bound,
+        step: p.step,
+        theta: p.theta,
+        moment_hash: p.moment_hash,
+    };
+    match dtype {
+        DType::F32 => decode_typed::<F32E>(&plan, chunks, chunk_elems, base, moment, out),
+        DType::F64 => decode_typed::<F64E>(&plan, chunks, chunk_elems, base, moment, out),
+        DType::F16 => decode_typed::<F16E>(&plan, chunks, chunk_elems, base, moment, out),
+        DType::BF16 => decode_typed::<Bf16E>(&plan, chunks, chunk_elems, base, moment, out),
+    }
+}
+
+fn decode_typed<E: Elem>(
+    plan: &Plan,
+    chunks: &[&[u8]],
+    chunk_elems: usize,
+    base: Base<'_>,
+    moment: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let chunk_bytes = chunk_elems * E::SIZE;
+    out.par_chunks_mut(chunk_bytes)
+        .zip(chunks.par_iter())
+        .enumerate()
+        .try_for_each(|(i, (o, c))| {
+            let r = match base.chunk(i, chunk_bytes, o.len()) {
+                Base::Zero => RefSrc::Zero,
+                Base::Ref(s) => RefSrc::Slice(s),
+                Base::Out => RefSrc::Out,
+            };
+            let v = chunk_of(moment, i, chunk_bytes, o.len());
+            decode_chunk::<E>(plan, c, r, v, o)
+        })
+}
+
+/// Split a bounded chunk into its token stream and extra bits.
+pub(crate) fn split_chunk(chunk: &[u8]) -> Result<(&[u8], &[u8])> {
+    if chunk.len() < 4 {
+        return Err(Error::corrupt("bounded chunk truncated"));
+    }
+    let len = u32::from_le_bytes(chunk[..4].try_into().unwrap()) as usize;
+    if chunk.len() - 4 < len {
+        return Err(Error::corrupt("bounded token stream overruns its chunk"));
+    }
+    Ok((&chunk[4..4 + len], &chunk[4 + len..]))
+}
+
+fn decode_chunk<E: Elem>(
+    plan: &Plan,
+    chunk: &[u8],
+    r: RefSrc<'_>,
+    v: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let (tok_stream, extra) = split_chunk(chunk)?;
+    let n = out.len() / E::SIZE;
+    let mut tokens = entropy::try_alloc(n)?;
+    entropy::decode_into(tok_stream, &mut tokens)?;
+    let mut bits = BitReader::new(extra);
+    for (i, &t) in tokens.iter().enumerate() {
+        let at = i * E::SIZE;
+        let level = levels::read_level(t, &mut bits)
+            .ok_or_else(|| Error::corrupt(format!("unknown level token {t}")))?;
+        let q = match level {
+            Level::Escape => {
+                let raw = levels::read_escape(E::SIZE as u32 * 8, &mut bits);
+                E::put_bits(raw, &mut out[at..at + E::SIZE]);
+                continue;
+            }
+            Level::Value(q) => q,
+        };
+        let rb: Option<&[u8]> = match r {
+            RefSrc::Zero => None,
+            RefSrc::Slice(s) => Some(&s[at..at + E::SIZE]),
+            RefSrc::Out => Some(&out[at..at + E::SIZE]),
+        };
+        match plan.bound {
+            Bound::Pointwise(_) => {
+                let kr = rb.map_or(0, E::key);
+                let k = q::key_value(kr, q, plan.step as u64, E::MAX_KEY);
+                E::put_key(k, &mut out[at..at + E::SIZE]);
+            }
+            _ => {
+                let rw = rb.map_or(E::W::ZERO, E::load);
+                let (step, _) = grid_step_tol::<E>(plan, v.map(|v| &v[at..at + E::SIZE]));
+                E::store(q::grid_value(rw, q, step), &mut out[at..at + E::SIZE]);
+            }
+        }
+    }
+    if bits.overrun() {
+        return Err(Error::corrupt("bounded extra bits truncated"));
+    }
+    Ok(())
+}
+
+/// The token stream of a chunk (one token per element; checked before allocating).
+pub(crate) fn token_stream(chunk: &[u8]) -> Result<&[u8]> {
+    split_chunk(chunk).map(|(t, _)| t)
+}
+
+const _: () = assert!(ESCAPE as usize + 1 == levels::TOKENS);
