@@ -127,7 +127,7 @@ def test_info_reports_the_measured_error(tmp_path: Any) -> None:
         for path_json, r in report.items():
             path = tuple(json.loads(path_json))
             u = truth[step][path]
-            if r["mode"] == "delta":
+            if r["mode"] in ("delta", "group"):  # lossy: alone, or with other small ones
                 assert r["rel_l2_error"] == pytest.approx(_rel(got[path], u), rel=1e-5, abs=1e-12)
                 err = float((got[path].double() - u.double()).abs().max())
                 assert r["max_abs_error"] == pytest.approx(err, rel=1e-6, abs=1e-30)

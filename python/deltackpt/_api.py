@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._tensors import Raw, check_reference, from_raw, out_raw, to_raw
+from ._tensors import Raw, check_reference, from_raw, is_torch, out_raw, to_raw
 from .errors import InvalidArgumentError, ReferenceMismatchError
 
 QUANTIZERS = ("none", "exponent", "uniform", "lattice", "bounded")
@@ -59,18 +59,19 @@ def encode(
     - ``tolerance=t, second_moment=v``: every element ``|decode - x| <= t * (sqrt(|v|) + eps)``
       (``v`` of the same dtype and shape, e.g. Adam's ``exp_avg_sq`` for its ``exp_avg``: the
       update ``m / (sqrt(v) + eps)`` moves by at most ``t`` per element); :func:`decode` needs
-      the same ``v``.
+      the same ``v``;
+    - ``tolerance=s`` with ``s`` an array or tensor of ``x``'s dtype and shape: every element
+      ``|decode - x| <= |s|`` (per-element tolerances); :func:`decode` needs the same ``s``.
 
     :func:`inspect` reports the bound and the error the encoder measured.
 
-    ``reconstruction``, a writable contiguous CPU array or tensor of ``x``'s dtype and shape,
-    receives exactly what ``decode(blob, reference=reference)`` will return (the state to carry
-    forward for error feedback), computed in the encoding pass rather than by decoding. It may
-    be ``reference`` itself: the reference is then updated in place (no second buffer).
+    ``reconstruction`` (writable, contiguous, CPU, ``x``'s dtype and shape) receives what
+    ``decode(blob, reference=reference)`` will return, computed while encoding (error feedback
+    without a decode pass); it may be ``reference`` itself, then updated in place.
     """
-    bound, bound_value = _bound(tolerance, rel_error, rel_tolerance, second_moment)
+    bound, bound_value, scale = _bound(tolerance, rel_error, rel_tolerance, second_moment)
     quantizer = _quantizer(quantizer, bound)
-    raw, ref, moment, out, in_place = _buffers(x, reference, second_moment, reconstruction)
+    raw, ref, moment, out, in_place = _buffers(x, reference, scale, reconstruction)
     return _core.encode(
         raw.data,
         raw.dtype,
@@ -136,13 +137,22 @@ def _buffers(
     return raw, ref_data, moment, None if out is None else out.data, in_place
 
 
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or is_torch(x)
+
+
 def _bound(
-    tolerance: float | None,
+    tolerance: Any,
     rel_error: float | None,
     rel_tolerance: float | None,
     second_moment: Any,
-) -> tuple[str | None, float]:
-    """The core's bound name and value from the keyword arguments (at most one bound)."""
+) -> tuple[str | None, float, Any]:
+    """The core's bound name and value from the keyword arguments (at most one bound), and
+    the tensor the bound needs beside ``x`` (the second moment, per-element tolerances)."""
+    if _is_array(tolerance):
+        if second_moment is not None or rel_error is not None or rel_tolerance is not None:
+            raise InvalidArgumentError("per-element tolerances (an array) take no other bound")
+        return "each", 1.0, tolerance
     given = {
         k: v
         for k, v in (
@@ -157,7 +167,7 @@ def _bound(
     if second_moment is not None and tolerance is None:
         raise InvalidArgumentError("second_moment= scales tolerance=: give tolerance= too")
     if not given:
-        return None, 0.0
+        return None, 0.0, None
     ((name, value),) = given.items()
     try:
         value = float(value)
@@ -166,15 +176,16 @@ def _bound(
     kind = {"tolerance": "abs", "rel_error": "rel", "rel_tolerance": "pointwise"}[name]
     if second_moment is not None:
         kind = "moment"
-    return kind, value
+    return kind, value, second_moment
 
 
-def _moment(second_moment: Any, raw: Raw) -> Any:
-    """The second moment's bytes, checked to match the tensor."""
-    v = to_raw(second_moment, "second_moment")
+def _moment(scale: Any, raw: Raw) -> Any:
+    """The bytes of the second moment (or per-element tolerances), checked to match the
+    tensor."""
+    v = to_raw(scale, "second_moment")
     if v.dtype != raw.dtype or v.shape != raw.shape:
         raise ReferenceMismatchError(
-            f"second_moment is {v.dtype} {tuple(v.shape)} but the tensor is "
+            f"second_moment / tolerance is {v.dtype} {tuple(v.shape)} but the tensor is "
             f"{raw.dtype} {tuple(raw.shape)}: they must have the same dtype and shape"
         )
     return v.data
@@ -189,7 +200,12 @@ def delta_histogram(x: Any, reference: Any = None) -> Any:
 
 
 def decode(
-    blob: bytes, *, reference: Any = None, out: Any = None, second_moment: Any = None
+    blob: bytes,
+    *,
+    reference: Any = None,
+    out: Any = None,
+    second_moment: Any = None,
+    tolerance: Any = None,
 ) -> Any:
     """Decompress a blob from :func:`encode` to the same kind (numpy or torch), dtype and shape.
 
@@ -201,10 +217,12 @@ def decode(
     place (a chain of deltas decoded without a buffer per link); if decoding fails, it holds
     unspecified values.
 
-    ``second_moment``: the ``v`` a blob was bounded against (``tolerance=, second_moment=``).
+    ``second_moment``: the ``v`` a blob was bounded against (``tolerance=, second_moment=``);
+    ``tolerance``: the per-element tolerances of a blob encoded with ``tolerance=<array>``.
     """
     ref = None if reference is None else to_raw(reference, "reference")
-    moment = None if second_moment is None else to_raw(second_moment, "second_moment").data
+    scale = second_moment if tolerance is None else tolerance
+    moment = None if scale is None else to_raw(scale, "second_moment").data
     if out is not None:
         info = _core.inspect(blob)
         want = Raw(np.empty(0, np.uint8), info["dtype"], list(info["shape"]), 0)

@@ -297,7 +297,11 @@ fn write_params(plan: &Plan, m: &Measured) -> Vec<u8> {
     p.extend_from_slice(&[plan.bound.id(), theta as u8]);
     p.extend_from_slice(&plan.bound.value().to_le_bytes());
     p.extend_from_slice(&plan.step.to_le_bytes());
-    if let Bound::Moment { eps, .. } = plan.bound {
+    if plan.bound.needs_moment() {
+        let eps = match plan.bound {
+            Bound::Moment { eps, .. } => eps,
+            _ => 0.0,
+        };
         p.extend_from_slice(&eps.to_le_bytes());
         p.extend_from_slice(&plan.moment_hash.to_le_bytes());
     }
@@ -309,7 +313,7 @@ fn write_params(plan: &Plan, m: &Measured) -> Vec<u8> {
 
 /// Parse and validate bounded parameters (a forged blob gives [`Error::Corrupt`]).
 pub fn read_params(p: &[u8]) -> Result<BoundedParams> {
-    let moment = p.first() == Some(&Bound::Moment { t: 0.0, eps: 0.0 }.id());
+    let moment = matches!(p.first(), Some(&4 | &5)); // the kinds with a second tensor
     if p.len() != PARAMS_LEN + if moment { 16 } else { 0 } {
         return Err(Error::corrupt("bounded parameters have the wrong length"));
     }
@@ -492,6 +496,7 @@ fn make_plan<E: Elem>(
         }
         Bound::Pointwise(rho) => q::pointwise_step(rho, E::MANTISSA).map(|k| plan(k as f64, 0.5)),
         Bound::Rel(e) => plan_rel::<E>(data, reference, e, chunk_elems).map(|(s, t)| plan(s, t)),
+        Bound::Each => Some(plan(q::grid_step(1.0), 0.5)),
     }
 }
 
@@ -525,10 +530,7 @@ fn plan_rel<E: Elem>(
     let (step, theta) = hist.plan(e, PLAN_FILL)?;
     // Steps below the working precision's normal range would only produce escapes.
     let tiny = E::W::min_normal();
-    let steps: Vec<f64> = CANDIDATES
-        .iter()
-        .map(|c| (c * step).max(tiny))
-        .collect();
+    let steps: Vec<f64> = CANDIDATES.iter().map(|c| (c * step).max(tiny)).collect();
     let chunk_bytes = chunk_elems * E::SIZE;
     let sums = data
         .par_chunks(chunk_bytes)
@@ -703,6 +705,11 @@ fn grid_step_tol<E: Elem>(plan: &Plan, vb: Option<&[u8]>) -> (E::W, f64) {
             let scale = vw.root_plus(E::W::from_f64(eps));
             let tol = t * (vw.to_f64().abs().sqrt() + eps);
             (scale.times(E::W::from_f64(plan.step)), tol)
+        }
+        (Bound::Each, Some(s)) => {
+            let sw = E::load(s);
+            let tol = sw.to_f64().abs();
+            (sw.magnitude().times(E::W::from_f64(plan.step)), tol)
         }
         (Bound::Abs(t), _) => (E::W::from_f64(plan.step), t),
         _ => (E::W::from_f64(plan.step), f64::INFINITY),

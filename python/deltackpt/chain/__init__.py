@@ -7,9 +7,10 @@ feedback: the stored delta is ``d = u - r_base`` where ``r_base`` is the base re
 *reconstruction* (bit for bit what a reader decodes, never the true state ``u``), and the new
 reconstruction is ``r = decode(blob, reference=r_base)``: the encoder writes it while coding
 (``encode(..., reconstruction=)``), in place of ``r_base`` when this save drops that level.
-Keyframes are lossless; anchors of level ``L`` every ``anchor_every**L`` saves are coded with
-``anchor_bits`` against the latest reference of level ``>= L``; steps with ``bits`` against the
-previous save, so a restore applies ``1 + digit_sum(n, base=anchor_every)`` blobs per tensor.
+Keyframes are lossless; anchors of level ``L`` every ``anchor_every**L`` saves are coded
+against the latest reference of level ``>= L``, steps against the previous save, so a restore
+applies ``1 + digit_sum(n, base=anchor_every)`` blobs per tensor. Every delta keeps an error
+budget (:mod:`.policy`), or, with ``quantizer="exponent"``, LC-checkpoint's bits.
 
 Exact storage: integer/bool tensors, float tensors with fewer than 2 elements, float tensors of
 keyframes, and any float tensor whose coded blob would not be smaller than its raw bytes (tiny
@@ -24,10 +25,11 @@ so writer and reader still agree bit for bit); tensors under an optimizer (an ob
 The rooms (docs/ARCHITECTURE.md draws them)
 -------------------------------------------
 :mod:`.snapshot` a state as tensor leaves and JSON values; :mod:`.config` the settings;
-:mod:`.policy` which record a save becomes and how each tensor is coded (bits, bucket floors);
-:mod:`.records` the record and schema formats and their file names; :mod:`.references` the
-reconstructions the next delta is coded against; :mod:`.commit` one save written atomically;
-:mod:`.restore` decoding along base chains; :mod:`.branches` history, fork points, branch
+:mod:`.policy` which record a save becomes and how each tensor is coded (error budgets, or
+bits and bucket floors); :mod:`.records` the record and schema formats and their file names;
+:mod:`.references` the reconstructions the next delta is coded against; :mod:`.commit` one save
+written atomically; :mod:`.groups` small tensors coded as one blob; :mod:`.restore` decoding
+along base chains, with :mod:`.blobs` (one tensor's steps) and :mod:`.lockstep` (tied tensors); :mod:`.branches` history, fork points, branch
 points; :mod:`.retention` what may be deleted; :mod:`.inspect` depth, sizes, stats, verify;
 :mod:`.facade` :class:`CheckpointChain` over them all. File layout and protocols:
 docs/CHAIN.md.

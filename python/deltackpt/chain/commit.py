@@ -16,13 +16,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from .._api import encode
 from .._api import inspect as inspect_blob
 from ..errors import NonFiniteError
 from ..store import Store
 from .branches import history
 from .config import ChainConfig
+from .groups import Group, Spec, encode_group, f32_down, rel_tolerance
 from .policy import (
+    Budget,
     Plan,
     bucket_floors,
     encode_kwargs,
@@ -90,6 +94,7 @@ class Coded:
 
     entries: list[list[Any]] = field(default_factory=list)
     errors: list[list[float] | None] = field(default_factory=list)  # [max abs, rel L2]
+    groups: list[Group] = field(default_factory=list)  # small tensors coded together
     recon: dict[str, Any] = field(default_factory=dict)  # path -> reconstruction
     meta: dict[str, TensorKey] = field(default_factory=dict)
 
@@ -121,7 +126,10 @@ class TensorCoder:
         coded = Coded(entries=[[]] * n, errors=[None] * n)
         # second moments before the first moments bounded by them
         order = sorted(range(n), key=lambda i: snap.leaves[i].path in self.pairs)
+        grouped = [i for i in order if self.groupable(snap.leaves[i])]
         for i in order:
+            if i in grouped:
+                continue
             leaf = snap.leaves[i]
             mode, blob, recon, moment = self.code(leaf)
             self.values[leaf.path] = leaf.value if recon is None else recon
@@ -132,7 +140,64 @@ class TensorCoder:
                 entry.append(self.index[moment])
             coded.entries[i] = entry
             coded.errors[i] = _measured(blob) if mode == "delta" else None
+        if grouped:
+            self.code_groups(snap, grouped, files, coded)
         return coded
+
+    def budget(self, leaf: Leaf) -> Budget:
+        b = tensor_budget(leaf, self.cfg, self.level, self.pairs.get(leaf.path), self.eps)
+        return replace(b, floor=self.floors.get(leaf.path)) if b.kind == "exponent" else b
+
+    def groupable(self, leaf: Leaf) -> bool:
+        """A small delta with an error bound: coded with the save's other small tensors."""
+        if self.base is None or leaf.numel >= self.cfg.group_below:
+            return False
+        if tensor_mode(leaf, self.base.meta.get(leaf.path)) != "delta":
+            return False
+        return self.budget(leaf).kind != "exponent"
+
+    def code_groups(self, snap: Snapshot, idx: list[int], files: DataFiles, coded: Coded) -> None:
+        """One blob per (kind, lib, dtype) of small tensors: pointwise groups (second moments)
+        first, then ``each`` groups, whose first moments need the second moments' result."""
+        assert self.base is not None
+        keyed: dict[tuple[Any, ...], list[int]] = {}
+        for i in idx:
+            lf, b = snap.leaves[i], self.budget(snap.leaves[i])
+            kind = "pointwise" if b.kind == "pointwise" else "each"
+            rho = b.value if kind == "pointwise" else 0.0
+            keyed.setdefault((kind != "pointwise", lf.lib, lf.dtype, rho), []).append(i)
+        for key in sorted(keyed):
+            members = keyed[key]
+            leaves = [snap.leaves[i] for i in members]
+            specs = [None if key[0] is False else self.spec(lf) for lf in leaves]
+            moments = [
+                None if sp is None or sp[0] != "moment" else self.values[snap.leaves[sp[3]].path]
+                for sp in specs
+            ]
+            refs = [self.base.recon[lf.path] for lf in leaves]
+            kind = "each" if key[0] else "pointwise"
+            blob, recons = encode_group(
+                [lf.value for lf in leaves], refs, kind, key[3], specs, moments, self.cfg.coder
+            )
+            loc = files.add("group", blob, sum(lf.numel for lf in leaves))
+            coded.groups.append(Group(loc[1:], kind, key[3], members, specs))
+            for i, lf, r in zip(members, leaves, recons):
+                r = clamp0(r) if lf.nonneg else r
+                coded.entries[i] = ["group", len(coded.groups) - 1]
+                coded.recon[lf.path], coded.meta[lf.path] = r, lf.key
+                self.values[lf.path] = r
+                coded.errors[i] = _errors_of(r, lf.value)
+
+    def spec(self, leaf: Leaf) -> Spec:
+        """The tolerance spec of a small tensor in an ``each`` group."""
+        b = self.budget(leaf)
+        if b.kind == "abs":
+            return ["abs", f32_down(b.value)]
+        if b.kind == "rel":
+            return ["abs", rel_tolerance(leaf.value, b.value)]
+        assert b.moment is not None
+        t = encode_kwargs(b, leaf.value, self.values[b.moment])["tolerance"]
+        return ["moment", f32_down(t * (1 - 1e-6)), f32_down(b.eps), self.index[b.moment]]
 
     def code(self, leaf: Leaf) -> tuple[str, bytes, Any, str | None]:
         """(mode, blob, reconstruction or None for tensors stored raw from the start, the
@@ -173,6 +238,21 @@ class TensorCoder:
         except NonFiniteError as e:  # raised before anything is written
             raise type(e)(f"tensor {leaf.path}: {e}") from e
         return blob, clamp0(out) if leaf.nonneg else out, budget.moment
+
+
+def _errors_of(recon: Any, x: Any) -> list[float]:
+    """[max |x̂ - x|, ||x̂ - x|| / ||x||] of a small tensor, computed here."""
+    a = recon.double() if hasattr(recon, "double") else np.asarray(recon, dtype=np.float64)
+    b = x.double() if hasattr(x, "double") else np.asarray(x, dtype=np.float64)
+    d = a - b
+    err = float((d * d).sum()) ** 0.5
+    norm = float((b * b).sum()) ** 0.5
+    top = float(abs(d).max()) if d.shape and _size(d) else 0.0
+    return [top, err / norm if norm else err]
+
+
+def _size(x: Any) -> int:
+    return int(x.numel()) if hasattr(x, "numel") and callable(x.numel) else int(x.size)
 
 
 def _measured(blob: bytes) -> list[float] | None:
@@ -256,6 +336,7 @@ def _record(
         values=snap.values,
         entries=coded.entries,
         errors=coded.errors,
+        groups=coded.groups or None,
         files=files,
         bits=cfg.bits,
         raw_bytes=sum(lf.nbytes for lf in snap.leaves),

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import CorruptDataError, UnsupportedError
 from ..store import Store
 from .config import ChainConfig
+from .groups import Group
 from .snapshot import Snapshot
 
 FORMAT = "deltackpt-chain"
@@ -174,6 +175,8 @@ class Record:
     # per tensor, [max |x̂ - x|, ||x̂ - x|| / ||x||] measured by the encoder (None: exact, or
     # a quantizer that does not measure)
     errors: list[list[float] | None] | None = None
+    # small tensors coded together (entries ["group", g] point here)
+    groups: list[Group] | None = None
 
     @property
     def rid(self) -> RecId:
@@ -198,6 +201,7 @@ class Record:
             "raw_bytes": self.raw_bytes,
             "time": self.time,
             **({} if self.errors is None else {"errors": self.errors}),
+            **({} if not self.groups else {"groups": [g.to_json() for g in self.groups]}),
         }
 
     @staticmethod
@@ -222,6 +226,7 @@ class Record:
             raw_bytes=int(d["raw_bytes"]),
             time=float(d["time"]),
             errors=_errors(d.get("errors"), len(d["entries"])),
+            groups=[Group.from_json(g) for g in d["groups"]] if d.get("groups") else None,
         )
 
 

@@ -56,10 +56,11 @@ fn parse_bound(name: &str, value: f64, eps: f64) -> deltackpt::Result<deltackpt:
         "rel" => B::Rel(value),
         "pointwise" => B::Pointwise(value),
         "moment" => B::Moment { t: value, eps },
+        "each" => B::Each,
         other => {
             return Err(deltackpt::Error::invalid(format!(
-            "unknown error bound {other:?}; expected \"abs\", \"rel\", \"pointwise\" or \"moment\""
-        )))
+                "unknown error bound {other:?}; expected one of \"abs\", \"rel\", \"pointwise\", \"moment\", \"each\""
+            )))
         }
     };
     b.validate()?;

@@ -9,7 +9,9 @@
 //!   sign flips (for optimizer second moments, which divide the update);
 //! - [`Bound::Moment`]`{t, eps}`: `|x̂ − x| ≤ t·(√|v| + eps)` for every element, where `v` is a
 //!   second tensor (Adam's `exp_avg_sq` for its `exp_avg`): the error of the update
-//!   `m / (√v + eps)` that a restored first moment causes is at most `t`.
+//!   `m / (√v + eps)` that a restored first moment causes is at most `t`;
+//! - [`Bound::Each`]: `|x̂ − x| ≤ |s|` for every element, `s` a second tensor holding each
+//!   element's tolerance (how the chain bounds many small tensors coded as one).
 //!
 //! **Grid modes** (`Abs`, `Rel`, `Moment`) quantize `d = x − r` (`r` the reference, or 0) to a
 //! level `q` on a grid of step `Δ` (per tensor, or per element for `Moment`); the
@@ -64,6 +66,8 @@ pub enum Bound {
         /// Floor added to `√|v|` (Adam's `eps`).
         eps: f64,
     },
+    /// Every element within `|s|`, `s` a second tensor of the same shape (its tolerances).
+    Each,
 }
 
 impl Bound {
@@ -74,6 +78,7 @@ impl Bound {
             Bound::Rel(_) => 2,
             Bound::Pointwise(_) => 3,
             Bound::Moment { .. } => 4,
+            Bound::Each => 5,
         }
     }
 
@@ -84,14 +89,16 @@ impl Bound {
             Bound::Rel(_) => "rel",
             Bound::Pointwise(_) => "pointwise",
             Bound::Moment { .. } => "moment",
+            Bound::Each => "each",
         }
     }
 
-    /// The bound's main value (`t`, `e` or `ρ`).
+    /// The bound's main value (`t`, `e` or `ρ`; 1 for `Each`, whose tolerances are a tensor).
     pub fn value(self) -> f64 {
         match self {
             Bound::Abs(v) | Bound::Rel(v) | Bound::Pointwise(v) => v,
             Bound::Moment { t, .. } => t,
+            Bound::Each => 1.0,
         }
     }
 
@@ -102,6 +109,7 @@ impl Bound {
             2 => Bound::Rel(value),
             3 => Bound::Pointwise(value),
             4 => Bound::Moment { t: value, eps },
+            5 => Bound::Each,
             other => return Err(Error::corrupt(format!("unknown error bound kind {other}"))),
         };
         b.validate().map_err(|e| Error::corrupt(e.to_string()))?;
@@ -134,9 +142,10 @@ impl Bound {
         self.value() == 0.0
     }
 
-    /// Whether the bound is per element with a grid step per element (needs `v`).
+    /// Whether the bound needs a second tensor (`v` of `Moment`, the tolerances of `Each`),
+    /// with a grid step per element.
     pub fn needs_moment(self) -> bool {
-        matches!(self, Bound::Moment { .. })
+        matches!(self, Bound::Moment { .. } | Bound::Each)
     }
 }
 
@@ -156,6 +165,8 @@ pub trait GridFloat: Copy + Send + Sync + PartialOrd + 'static {
     fn root_plus(self, eps: Self) -> Self;
     /// `c · self`.
     fn times(self, c: Self) -> Self;
+    /// `|self|`.
+    fn magnitude(self) -> Self;
     /// The smallest positive normal value, as `f64`.
     fn min_normal() -> f64;
 }
@@ -189,6 +200,10 @@ impl GridFloat for f32 {
     fn min_normal() -> f64 {
         f32::MIN_POSITIVE as f64
     }
+    #[inline(always)]
+    fn magnitude(self) -> Self {
+        self.abs()
+    }
 }
 
 impl GridFloat for f64 {
@@ -219,6 +234,10 @@ impl GridFloat for f64 {
     }
     fn min_normal() -> f64 {
         f64::MIN_POSITIVE
+    }
+    #[inline(always)]
+    fn magnitude(self) -> Self {
+        self.abs()
     }
 }
 
@@ -498,7 +517,11 @@ mod tests {
         assert_eq!(h.plan(1e-3, 0.9), Some((1.0, 0.5)));
         let mut zero_x = DeltaHistogram::default();
         zero_x.add(0.0, 0.0);
-        assert_eq!(zero_x.plan(1e-3, 0.9), None, "x = 0: only exact storage keeps it");
+        assert_eq!(
+            zero_x.plan(1e-3, 0.9),
+            None,
+            "x = 0: only exact storage keeps it"
+        );
     }
 
     #[test]

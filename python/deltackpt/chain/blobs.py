@@ -1,0 +1,83 @@
+"""One tensor's decode steps: reading the bytes an entry points at, the value of an exact
+entry, one delta applied in place. :mod:`.restore` chains them along a tensor's base records,
+:mod:`.lockstep` for tensors tied to each other.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+from typing import Any
+
+from .._api import decode
+from .._tensors import writable_host
+from ..errors import CorruptDataError
+from ..store import Store
+from .records import Record
+from .snapshot import clamp0, dtype_name, from_raw, is_torch
+
+Link = tuple[Record, list[Any], bool]  # a record, its entry for the tensor, clamp at 0
+
+
+class FileCache:
+    """Verified file payloads shared by the threads of one restore."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        self.futures: dict[str, cf.Future[bytes]] = {}
+
+    def get(self, name: str) -> bytes:
+        with self.lock:
+            fut = self.futures.get(name)
+            owner = fut is None
+            if fut is None:
+                fut = cf.Future()
+                self.futures[name] = fut
+        if owner:
+            try:
+                fut.set_result(self.store.read(name))
+            except Exception as e:  # noqa: BLE001 - handed to every waiter by fut.result()
+                fut.set_exception(e)
+        return fut.result()
+
+
+def blob(rec: Record, entry: list[Any], cache: FileCache) -> bytes:
+    """The bytes ``entry`` (``[mode, file index, offset, length(, moment)]``) points at."""
+    try:
+        _, fidx, off, length = entry[:4]
+        data = cache.get(rec.files[int(fidx)])
+    except (ValueError, TypeError, IndexError) as e:
+        raise CorruptDataError(f"record {rec.rid}: bad tensor entry {entry!r}") from e
+    if not (
+        isinstance(off, int) and isinstance(length, int) and 0 <= off and off + length <= len(data)
+    ):
+        raise CorruptDataError(f"record {rec.rid}: blob [{off}, +{length}) outside its file")
+    return data[off : off + length]
+
+
+def exact_value(rec: Record, entry: list[Any], meta: dict[str, Any], cache: FileCache) -> Any:
+    """The value of an exact entry (``key``: a lossless blob, ``raw``: the dtype's bytes)."""
+    data = blob(rec, entry, cache)
+    if entry[0] == "raw":
+        return from_raw(data, meta["lib"], meta["dtype"], list(meta["shape"]))
+    if entry[0] == "key":
+        return decode(data)
+    raise CorruptDataError(f"tensor {meta['path']}: unknown mode {entry[0]!r}")
+
+
+def apply_delta(x: Any, link: Link, cache: FileCache, moment: Any = None) -> Any:
+    """``x`` (this restore's own buffer) with one delta applied in place."""
+    rec, entry, nonneg = link
+    out = x if writable_host(x) else None
+    x = decode(blob(rec, entry, cache), reference=x, out=out, second_moment=moment)
+    return clamp0(x) if nonneg else x
+
+
+def checked(x: Any, meta: dict[str, Any]) -> Any:
+    path = meta["path"]
+    if dtype_name(x) != meta["dtype"] or [int(s) for s in x.shape] != list(meta["shape"]):
+        raise CorruptDataError(f"tensor {path}: decoded {dtype_name(x)} {list(x.shape)}")
+    if (meta["lib"] == "torch") != is_torch(x):
+        raise CorruptDataError(f"tensor {path}: decoded the wrong array kind")
+    return x
