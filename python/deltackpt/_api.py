@@ -48,8 +48,7 @@ def encode(
     ``bucket_floor`` ``(biased exponent, sign or None)`` stops the exponent quantizer from
     keeping buckets below a limit chosen elsewhere (see :func:`delta_histogram`).
 
-    Error bounds (``quantizer="bounded"``, implied), guaranteed on what the encoder wrote —
-    give one of:
+    Error bounds (``quantizer="bounded"``, implied), guaranteed on what the encoder wrote:
 
     - ``tolerance=t``: every element ``|decode - x| <= t`` (``t = 0``: lossless);
     - ``rel_error=e``: ``||decode - x||_2 <= e * ||x||_2`` over the tensor (relative to ``x``
