@@ -225,8 +225,9 @@ def report(say: Say, result: _DemoRun, ok: bool, worst: float) -> None:
     )
     say("| chain | raw fp32 state_dicts | stored | ratio | space savings |")
     say("|---|---|---|---|---|")
+    kinds = ", ".join(f"{n} {k}{'s' * (n != 1)}" for k, n in st["count_by_kind"].items() if n)
     say(
-        f"| {st['records']} saves ({st['count_by_kind']}) | {human(st['raw_bytes'])} | "
+        f"| {st['records']} saves ({kinds}) | {human(st['raw_bytes'])} | "
         f"{human(st['stored_bytes'])} | {st['ratio']:.1f}x | {100 * (1 - 1 / st['ratio']):.1f}% |"
     )
     say(f"\n| validation accuracy ({len(yv)} images) | trained | restored from the chain |")

