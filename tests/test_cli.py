@@ -145,8 +145,9 @@ def test_restore_pt_resumes_with_weights_only(lenet_chain: Path, tmp_path: Path)
     momentum = want["optimizer"]["state"][0]["momentum_buffer"]
     assert torch.equal(opt.state_dict()["state"][0]["momentum_buffer"], momentum)
     r = run_cli("restore", str(lenet_chain), "--out", str(out))
-    assert "branch before-slot-2.1 (the chain's current branch; others: main (--branch))" in (
-        r.stdout
+    assert (
+        "branch before-slot-2.1 (the chain's current branch; --branch reads the others: main)"
+        in (r.stdout)
     )
 
 

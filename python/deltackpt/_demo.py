@@ -238,8 +238,8 @@ def report(say: Say, result: _DemoRun, ok: bool, worst: float) -> None:
         f"{_realdata.accuracy(mid_model, xv, yv):.1f}% |"
     )
     say(
-        "(a lossy restore is a small perturbation of the weights: it may score a hair above or "
-        f"below the trained model; one image is {100 / len(yv):.2f} points)"
+        "(a lossy restore is a small perturbation of the weights: it may score above or below "
+        f"the trained model; one image is {100 / len(yv):.2f} points)"
     )
     verdict = "OK" if ok else "FAILED"
     say(

@@ -229,8 +229,18 @@ def per_step_rows(target: Target, quiet: bool = True) -> StepRows:
                     rows[rid].update(depth=info["depth"], stored=0, raw=0)
                 rows[rid]["stored"] += stored
                 rows[rid]["raw"] += raw
-    ordered = [rows[k] for k in sorted(rows, key=lambda r: (r[1], r[0]))]
+    rank = {b: i for i, b in enumerate(branch_order(histories))}
+    ordered = [rows[k] for k in sorted(rows, key=lambda r: (rank.get(r[0], len(rank)), r[1]))]
     return StepRows(ordered, histories)
+
+
+def branch_order(histories: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """Branches by their first own step: the root first, then each fork in turn."""
+
+    def first_own_step(b: str) -> float:
+        return min([s for owner, s in histories[b] if owner == b], default=math.inf)
+
+    return sorted(histories, key=lambda b: (first_own_step(b), b))
 
 
 def _ranges(steps: Sequence[int]) -> str:
@@ -423,10 +433,7 @@ def branch_series(got: StepRows) -> dict[str, dict[str, list[Any]]]:
     by_rid = {(r["branch"], r["step"]): r for r in got.rows}
     series: dict[str, dict[str, list[Any]]] = {}
 
-    def first_own_step(b: str) -> int:
-        return min([s for owner, s in got.histories[b] if owner == b], default=math.inf)
-
-    for b in sorted(got.histories, key=lambda b: (first_own_step(b), b)):  # roots first
+    for b in branch_order(got.histories):
         hist = [rid for rid in got.histories[b] if rid in by_rid]
         own = [i for i, rid in enumerate(hist) if rid[0] == b]
         first = max(own[0] - 1, 0) if own else len(hist)  # the fork point joins the parent
@@ -635,7 +642,7 @@ def restore_cmd(
         which = f"the chain's current branch is {got.current}"
     else:
         which = "the chain's current branch" + (
-            f"; others: {', '.join(got.others)} (--branch)" if got.others else ""
+            f"; --branch reads the others: {', '.join(got.others)}" if got.others else ""
         )
     print(f"step {got.step} of branch {got.branch} ({which}): {n} -> {out}")
     if safetensors:
