@@ -205,7 +205,7 @@ def run(
     rank: int = 8,
     targets: Any = None,
     branch_acc: float | None = None,
-    scope: str = "state",
+    chain_kw: dict[str, Any] | None = None,
     data: Any,
     workdir: str,
     seed: int = 0,
@@ -243,7 +243,7 @@ def run(
     g = torch.Generator().manual_seed(seed)
     step = 0
     lossf = nn.functional.cross_entropy
-    with CheckpointChain(path, bits=3, anchor_every=10, scope=scope) as chain:
+    with CheckpointChain(path, anchor_every=10, **(chain_kw or {})) as chain:
         for _ in range(epochs):
             model.train()
             order = torch.randperm(len(xt), generator=g)
@@ -398,9 +398,17 @@ def main(argv: list[str] | None = None) -> None:
         help="Delta-LoRA from the first step for every model (no full-training warm-up)",
     )
     ap.add_argument(
+        "--scheme",
+        default="default",
+        choices=["default", "lc"],
+        help="the chain's defaults (error-bounded) or LC-checkpoint's scheme "
+        "(quantizer='exponent', bits 3)",
+    )
+    ap.add_argument("--rel-error", type=float, default=None, help="default scheme: rel_error=")
+    ap.add_argument(
         "--scope",
         default="state",
-        help="chain priority-promotion scope: state (LC-checkpoint, default) or tensor",
+        help="LC scheme: priority promotion over the state (LC-checkpoint, default) or tensor",
     )
     ap.add_argument("--mechanisms", default="LC,LC+dLoRA", help="comma list")
     ap.add_argument("--rows", nargs="+", default=None, help="only render these --json files")
@@ -411,6 +419,12 @@ def main(argv: list[str] | None = None) -> None:
     models = [] if models == ["none"] else models  # only the studies
     epochs = args.epochs or 20
     data = load_digits_32()
+    if args.scheme == "lc":
+        chain_kw: dict[str, Any] = {"quantizer": "exponent", "bits": 3, "scope": args.scope}
+        scheme = f"LC-checkpoint scheme: quantizer exponent, bits 3, scope {args.scope}"
+    else:
+        chain_kw = {} if args.rel_error is None else {"rel_error": args.rel_error}
+        scheme = "chain defaults" + (f", rel_error {args.rel_error:g}" if args.rel_error else "")
     work = tempfile.mkdtemp(prefix="seed_table-")
     rows: list[dict[str, Any]] = []
     studies: list[str] = []
@@ -430,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
                     lr=args.lr,
                     rank=args.rank,
                     branch_acc=None if args.from_scratch else CONFIG[name][1],
-                    scope=args.scope,
+                    chain_kw=chain_kw,
                     data=data,
                     workdir=work,
                 )
@@ -446,6 +460,7 @@ def main(argv: list[str] | None = None) -> None:
                     lr=args.lr,
                     rank=r,
                     branch_acc=None if args.from_scratch else CONFIG["lenet5"][1],
+                    chain_kw=chain_kw,
                     data=data,
                     workdir=work,
                 )
@@ -454,7 +469,17 @@ def main(argv: list[str] | None = None) -> None:
             studies.append("### Rank study (LeNet-5, LC+dLoRA)\n\n" + study_table(rr, "rank"))
             rows += [dict(r, study="rank") for r in rr]
         if args.vit_study:
-            vr = [run("vit", "LC", epochs=epochs, lr=args.lr, data=data, workdir=work)]
+            vr = [
+                run(
+                    "vit",
+                    "LC",
+                    epochs=epochs,
+                    lr=args.lr,
+                    chain_kw=chain_kw,
+                    data=data,
+                    workdir=work,
+                )
+            ]
             vr[0]["targets"] = "none (LC)"
             for key, pattern in VIT_TARGETS.items():
                 row = run(
@@ -464,6 +489,7 @@ def main(argv: list[str] | None = None) -> None:
                     lr=args.lr,
                     rank=args.rank,
                     targets=pattern,
+                    chain_kw=chain_kw,
                     data=data,
                     workdir=work,
                 )
@@ -486,9 +512,8 @@ def main(argv: list[str] | None = None) -> None:
             f"- command: `{cmd.strip()}`",
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- machine: {machine()}; deltackpt {deltackpt.__version__}",
-            f"- epochs {epochs}, batch 32, SGD lr {args.lr} momentum 0.9, bits 3, "
-            f"anchor_every 10, scope {args.scope}, Delta-LoRA rank {args.rank}, s = 0.5, "
-            "lambda = 2",
+            f"- epochs {epochs}, batch 32, SGD lr {args.lr} momentum 0.9, {scheme}, "
+            f"anchor_every 10, Delta-LoRA rank {args.rank}, s = 0.5, lambda = 2",
             "",
             markdown(main_rows),
             "",

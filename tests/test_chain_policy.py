@@ -4,6 +4,7 @@ bucket floors per tensor; which steps retention keeps."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -156,7 +157,9 @@ def test_bucket_floors_choose_model_and_optimizer_buckets_apart() -> None:
         Leaf("m", x["m"], "numpy", "float32", [1000], optimizer=True, nonneg=False),
     ]
     meta = {p: ("numpy", "float32", (1000,)) for p in ref}
-    floors = policy.bucket_floors(leaves, meta, ref, 0, CFG)
+    lc = dataclasses.replace(CFG, quantizer="exponent")  # priority promotion is LC's scheme
+    assert policy.bucket_floors(leaves, meta, ref, 0, CFG) == {}  # bounded: no buckets
+    floors = policy.bucket_floors(leaves, meta, ref, 0, lc)
     for p in ("w", "m"):
         assert floors[p] == policy.global_floors([x[p]], [ref[p]], 3)[0]
     # one choice over both would keep model buckets only, above every moment's exponent
@@ -164,9 +167,9 @@ def test_bucket_floors_choose_model_and_optimizer_buckets_apart() -> None:
     assert both[0] > floors["m"][0]
     dm = x["m"] - ref["m"]
     assert both[0] > (np.frexp(dm[dm != 0])[1] + 126).max()  # biased float32 exponents
-    per_tensor = dataclasses.replace(CFG, scope="tensor")
+    per_tensor = dataclasses.replace(lc, scope="tensor")
     assert policy.bucket_floors(leaves, meta, ref, 0, per_tensor) == {}
-    assert policy.bucket_floors(leaves, {}, ref, 0, CFG) == {}  # nothing delta-coded
+    assert policy.bucket_floors(leaves, {}, ref, 0, lc) == {}  # nothing delta-coded
 
 
 def test_kept_steps_of_retention() -> None:
@@ -183,3 +186,80 @@ def test_kept_steps_of_retention() -> None:
 def test_config_refuses_bad_settings(kw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(CFG, **kw)
+
+
+def _adam_leaves(n: int = 100) -> list[Leaf]:
+    rng = np.random.default_rng(1)
+    v = (10.0 ** rng.uniform(-12, -6, n)).astype(np.float32)
+    m = (np.sqrt(v) * rng.standard_normal(n)).astype(np.float32)
+    w = rng.standard_normal(n).astype(np.float32)
+
+    def leaf(path: list, x: np.ndarray, opt: bool) -> Leaf:
+        return Leaf(json.dumps(path), x, "numpy", "float32", [n], optimizer=opt, nonneg=False)
+
+    return [
+        leaf(["model", "w"], w, False),
+        leaf(["optimizer", "state", 0, "exp_avg"], m, True),
+        leaf(["optimizer", "state", 0, "exp_avg_sq"], v, True),
+        leaf(["optimizer", "state", 1, "momentum_buffer"], w, True),
+    ]
+
+
+def test_budgets_per_kind_of_tensor() -> None:
+    w, m, v, buf = _adam_leaves()
+    pairs = policy.moment_pairs([w, m, v, buf])
+    assert pairs == {m.path: v.path}
+    budget = {
+        lf.path: policy.tensor_budget(lf, CFG, 0, pairs.get(lf.path), 1e-8) for lf in (w, m, v, buf)
+    }
+    assert budget[w.path] == policy.Budget("rel", policy.DEFAULT_REL_ERROR)
+    assert budget[v.path] == policy.Budget("pointwise", 0.01)
+    assert budget[m.path] == policy.Budget("moment", 0.05, moment=v.path, eps=1e-8)
+    assert budget[buf.path] == policy.Budget("rel", policy.DEFAULT_OPTIMIZER_REL_ERROR)
+    user = dataclasses.replace(CFG, rel_error=1e-4)  # binds every float tensor
+    assert policy.tensor_budget(buf, user, 0, None, 1e-8) == policy.Budget("rel", 1e-4)
+    assert policy.tensor_budget(v, user, 0, None, 1e-8).value == 1e-4
+    assert policy.tensor_budget(m, user, 0, v.path, 1e-8).cap_rel == 1e-4
+    lc = dataclasses.replace(CFG, quantizer="exponent")
+    assert policy.tensor_budget(w, lc, 0, None, 0).kind == "exponent"
+    assert policy.tensor_budget(v, lc, 0, None, 0).kind == "pointwise"  # kept safe in LC
+    off = dataclasses.replace(lc, second_moment_rel=None, first_moment_tol=None)
+    assert policy.tensor_budget(v, off, 1, None, 0) == policy.Budget("exponent", bits=4)
+
+
+def test_moment_caps_make_both_promises_hold() -> None:
+    _, m, v, _ = _adam_leaves(10_000)
+    b = policy.Budget("moment", 0.05, moment=v.path, eps=1e-8, cap_rel=1e-3, cap_abs=1e-9)
+    kw = policy.encode_kwargs(b, m.value, v.value)
+    scale = np.sqrt(v.value.astype(np.float64)) + 1e-8
+    t = kw["tolerance"]
+    assert t <= 0.05
+    assert t * np.linalg.norm(scale) <= 1e-3 * np.linalg.norm(m.value.astype(np.float64))
+    assert t * scale.max() <= 1e-9
+    pw = policy.encode_kwargs(policy.Budget("pointwise", 0.01, cap_abs=1e-9), v.value)
+    assert pw["rel_tolerance"] * float(v.value.max()) <= 1e-9
+
+
+def test_optimizer_eps_is_read_from_param_groups() -> None:
+    tree = {
+        "D": [
+            [
+                "optimizer",
+                {
+                    "D": [
+                        [
+                            "param_groups",
+                            {
+                                "L": [
+                                    {"D": [["lr", {"V": 0}], ["eps", {"V": 1}]]},
+                                    {"D": [["eps", {"V": 2}]]},
+                                ]
+                            },
+                        ]
+                    ]
+                },
+            ]
+        ]
+    }
+    assert policy.optimizer_eps(tree, [1e-3, 1e-6, 1e-10]) == 1e-10
+    assert policy.optimizer_eps({"D": []}, []) == policy.DEFAULT_EPS

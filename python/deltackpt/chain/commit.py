@@ -13,15 +13,25 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._api import encode
+from .._api import inspect as inspect_blob
 from ..errors import NonFiniteError
 from ..store import Store
 from .branches import history
 from .config import ChainConfig
-from .policy import Plan, bucket_floors, plan_save, tensor_bits, tensor_mode
+from .policy import (
+    Plan,
+    bucket_floors,
+    encode_kwargs,
+    moment_pairs,
+    optimizer_eps,
+    plan_save,
+    tensor_budget,
+    tensor_mode,
+)
 from .records import (
     Record,
     Records,
@@ -75,16 +85,19 @@ class DataFiles:
 
 @dataclass
 class Coded:
-    """One save's tensors as coded: record entries, and the reconstructions to keep."""
+    """One save's tensors as coded: record entries, measured errors, and the reconstructions
+    to keep."""
 
     entries: list[list[Any]] = field(default_factory=list)
+    errors: list[list[float] | None] = field(default_factory=list)  # [max abs, rel L2]
     recon: dict[str, Any] = field(default_factory=dict)  # path -> reconstruction
     meta: dict[str, TensorKey] = field(default_factory=dict)
 
 
 class TensorCoder:
-    """Codes the tensors of one save as the policy says (mode, bits, bucket floor), writing
-    each delta's reconstruction for the saves coded against this one."""
+    """Codes the tensors of one save as the policy says (mode and budget), writing each
+    delta's reconstruction for the saves coded against this one. A first moment bounded by its
+    second moment is coded after it, against the second moment's reconstruction."""
 
     def __init__(
         self, cfg: ChainConfig, refs: References, base: Level | None, level: int, snap: Snapshot
@@ -94,54 +107,78 @@ class TensorCoder:
             {} if base is None else bucket_floors(snap.leaves, base.meta, base.recon, level, cfg)
         )
         self.outputs = None if base is None else OutputBuffers(refs, base, level, snap)
+        self.pairs = moment_pairs(snap.leaves)
+        self.eps = optimizer_eps(snap.tree, snap.values)
+        self.index = {lf.path: i for i, lf in enumerate(snap.leaves)}
+        self.values: dict[str, Any] = {}  # path -> what a reader will have decoded
 
     @property
     def updated_references(self) -> bool:
         return self.outputs is not None and self.outputs.updated
 
     def code_all(self, snap: Snapshot, files: DataFiles) -> Coded:
-        coded = Coded()
-        for leaf in snap.leaves:
-            mode, blob, recon = self.code(leaf)
+        n = len(snap.leaves)
+        coded = Coded(entries=[[]] * n, errors=[None] * n)
+        # second moments before the first moments bounded by them
+        order = sorted(range(n), key=lambda i: snap.leaves[i].path in self.pairs)
+        for i in order:
+            leaf = snap.leaves[i]
+            mode, blob, recon, moment = self.code(leaf)
+            self.values[leaf.path] = leaf.value if recon is None else recon
             if recon is not None:
                 coded.recon[leaf.path], coded.meta[leaf.path] = recon, leaf.key
-            coded.entries.append(files.add(mode, blob, leaf.numel))
+            entry = files.add(mode, blob, leaf.numel)
+            if moment is not None:
+                entry.append(self.index[moment])
+            coded.entries[i] = entry
+            coded.errors[i] = _measured(blob) if mode == "delta" else None
         return coded
 
-    def code(self, leaf: Leaf) -> tuple[str, bytes, Any]:
-        """(mode, blob, reconstruction or None for tensors stored raw from the start)."""
+    def code(self, leaf: Leaf) -> tuple[str, bytes, Any, str | None]:
+        """(mode, blob, reconstruction or None for tensors stored raw from the start, the
+        second moment the delta is bounded against or None)."""
         x = leaf.value
         base_key = None if self.base is None else self.base.meta.get(leaf.path)
         mode = tensor_mode(leaf, base_key)
         if mode == "raw":
-            return mode, raw_bytes(x), None
+            return mode, raw_bytes(x), None, None
+        moment = None
         if mode == "key":
             blob, recon = encode(x, quantizer="none", coder=self.cfg.coder), x
         else:
-            blob, recon = self.delta(leaf)
+            blob, recon, moment = self.delta(leaf)
         if len(blob) >= leaf.nbytes:
             # tiny tensors: the exact bytes are smaller than a coded blob (and start a chain)
-            return "raw", raw_bytes(x), x
-        return mode, blob, recon
+            return "raw", raw_bytes(x), x, None
+        return mode, blob, recon, moment
 
-    def delta(self, leaf: Leaf) -> tuple[bytes, Any]:
-        """Code ``leaf`` against the base's reconstruction; the core writes the new one."""
+    def delta(self, leaf: Leaf) -> tuple[bytes, Any, str | None]:
+        """Code ``leaf`` against the base's reconstruction within its budget; the core writes
+        the new reconstruction."""
         assert self.base is not None and self.outputs is not None  # mode "delta" has a base
+        budget = tensor_budget(leaf, self.cfg, self.level, self.pairs.get(leaf.path), self.eps)
+        if budget.kind == "exponent":
+            budget = replace(budget, floor=self.floors.get(leaf.path))
+        v_hat = None if budget.moment is None else self.values[budget.moment]
         ref = self.base.recon[leaf.path]
         out = self.outputs.take(leaf.path, ref)
         try:
             blob = encode(
                 leaf.value,
                 reference=ref,
-                quantizer="exponent",
-                bits=tensor_bits(self.cfg, leaf.optimizer, self.level),
                 coder=self.cfg.coder,
-                bucket_floor=self.floors.get(leaf.path),
                 reconstruction=out,
+                **encode_kwargs(budget, leaf.value, v_hat),
             )
         except NonFiniteError as e:  # raised before anything is written
             raise type(e)(f"tensor {leaf.path}: {e}") from e
-        return blob, clamp0(out) if leaf.nonneg else out
+        return blob, clamp0(out) if leaf.nonneg else out, budget.moment
+
+
+def _measured(blob: bytes) -> list[float] | None:
+    """[max |x̂ - x|, ||x̂ - x|| / ||x||] the encoder measured (bounded blobs only)."""
+    m = inspect_blob(blob).get("measured")
+    return None if m is None else [m["max_abs_error"], m["rel_l2_error"]]
 
 
 def commit(
@@ -218,6 +255,7 @@ def _record(
         schema=schema,
         values=snap.values,
         entries=coded.entries,
+        errors=coded.errors,
         files=files,
         bits=cfg.bits,
         raw_bytes=sum(lf.nbytes for lf in snap.leaves),

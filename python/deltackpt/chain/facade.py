@@ -59,19 +59,27 @@ class CheckpointChain:
     >>> bool((exact["w"] == w + 0.01 * 5).all())
     True
 
-    Parameters: ``bits`` of the exponent quantizer for steps; ``anchor_every`` (S) the anchor
-    period, each level multiplying it; ``keyframe_every`` steps between periodic exact
-    keyframes (None: only the first save, branch points and ``exact=True``);
-    ``optimizer_bits`` for optimizer moments (default ``bits``); ``anchor_bits`` for anchors
-    (default ``bits + 1``); ``max_to_keep`` / ``keep_every`` retention on the current branch
-    (records that a kept step, a branch point or the writer depends on are never deleted, and
-    stay listed); ``async_save`` encodes and writes in one background thread (one save in
-    flight); ``scope="state"`` chooses the kept exponent buckets over the whole state (model
-    and optimizer separately), as LC-checkpoint quantizes the delta in R^n, while each tensor
-    keeps its own table and coder; ``scope="tensor"`` chooses them per tensor (more precise
-    for tensors with small updates, denser, larger);
-    ``group_below`` tensors with fewer elements share one file per save; ``coder``
-    is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in parallel on restore.
+    Error budgets (docs/CHAIN.md): by default every delta keeps a bound checked by the
+    encoder — model tensors ``||x̂ - x|| <= 1e-3 ||x||`` per tensor, Adam's second moments
+    within ``second_moment_rel`` (1%) per element (never a positive entry as 0), its first
+    moments within ``first_moment_tol`` (0.05) of the update's denominator ``sqrt(v) + eps``
+    per element, other optimizer tensors ``1e-2`` — at every step, anchor and keyframe, so that
+    resuming training from any step matches resuming from ``torch.save`` of it.
+    ``rel_error=e`` or ``tolerance=t`` bounds every float tensor (optimizer state included;
+    ``optimizer_rel_error`` loosens it); ``info(step)["tensors"]`` reports the measured error.
+    ``quantizer="exponent"`` uses LC-checkpoint's scheme instead: ``bits`` of the exponent
+    quantizer for steps, ``anchor_bits`` for anchors (default ``bits + 1``), ``optimizer_bits``
+    for optimizer moments (default ``bits``), ``scope="state"`` (kept buckets chosen over the
+    whole state, as LC-checkpoint quantizes the delta in R^n) or ``"tensor"``.
+
+    Other parameters: ``anchor_every`` (S) the anchor period, each level multiplying it;
+    ``keyframe_every`` steps between periodic exact keyframes (None: only the first save,
+    branch points and ``exact=True``); ``max_to_keep`` / ``keep_every`` retention on the
+    current branch (records that a kept step, a branch point or the writer depends on are
+    never deleted, and stay listed); ``async_save`` encodes and writes in one background
+    thread (one save in flight); ``group_below`` tensors with fewer elements share one file
+    per save; ``coder`` is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in
+    parallel on restore.
     """
 
     bits = _setting("bits")
@@ -85,6 +93,9 @@ class CheckpointChain:
     coder = _setting("coder")
     scope = _setting("scope")
     threads = _setting("threads")
+    quantizer = _setting("quantizer")
+    rel_error = _setting("rel_error")
+    tolerance = _setting("tolerance")
 
     def __init__(
         self,
@@ -104,6 +115,12 @@ class CheckpointChain:
         scope: str = "state",
         threads: int | None = None,
         storage_options: dict[str, Any] | None = None,
+        quantizer: str = "bounded",
+        rel_error: float | None = None,
+        tolerance: float | None = None,
+        optimizer_rel_error: float | None = None,
+        second_moment_rel: float | None = 0.01,
+        first_moment_tol: float | None = 0.05,
     ) -> None:
         if mode not in ("a", "r"):
             raise ValueError("mode must be 'a' (append/write) or 'r' (read only)")
@@ -119,6 +136,12 @@ class CheckpointChain:
             coder=coder,
             scope=scope,
             threads=threads or min(4, os.cpu_count() or 1),
+            quantizer=quantizer,
+            rel_error=rel_error,
+            tolerance=tolerance,
+            optimizer_rel_error=optimizer_rel_error,
+            second_moment_rel=second_moment_rel,
+            first_moment_tol=first_moment_tol,
         )
         self.mode = mode
         self.store = open_store(path_or_url, **(storage_options or {}))

@@ -21,7 +21,9 @@ def depth(records: Records, rid: RecId) -> int:
 
 
 def info(records: Records, rid: RecId) -> dict[str, Any]:
-    """Kind, level, base, restore depth and data files of record ``rid``."""
+    """Kind, level, base, restore depth and data files of record ``rid``, and per tensor how
+    it was stored and the error of its restore (measured by the encoder against the state
+    that was saved; 0 for exact entries, None where the quantizer does not measure)."""
     rec = records.record(rid)
     return {
         "branch": rec.branch,
@@ -31,7 +33,24 @@ def info(records: Records, rid: RecId) -> dict[str, Any]:
         "base": rec.base,
         "depth": depth(records, rid),
         "files": list(rec.files),
+        "tensors": tensor_errors(records, rec),
     }
+
+
+def tensor_errors(records: Records, rec: Record) -> dict[str, dict[str, Any]]:
+    """Path -> ``{"mode", "max_abs_error", "rel_l2_error"}`` of each tensor of ``rec``."""
+    sch = records.schema(rec.schema)
+    errors = rec.errors or [None] * len(rec.entries)
+    out = {}
+    for t, entry, err in zip(sch.tensors, rec.entries, errors):
+        exact = entry[0] in ("key", "raw")
+        known = exact or err is not None
+        out[t["path"]] = {
+            "mode": entry[0],
+            "max_abs_error": 0.0 if exact else (err[0] if known else None),
+            "rel_l2_error": 0.0 if exact else (err[1] if known else None),
+        }
+    return out
 
 
 def stored_bytes(records: Records, rec: Record) -> int:

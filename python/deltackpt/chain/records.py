@@ -166,11 +166,14 @@ class Record:
     base: RecId | None
     schema: str
     values: list[Any]
-    entries: list[list[Any]]  # per tensor: [mode, file index, offset, length]
+    entries: list[list[Any]]  # per tensor: [mode, file index, offset, length(, moment)]
     files: list[str]
     bits: int
     raw_bytes: int
     time: float
+    # per tensor, [max |x̂ - x|, ||x̂ - x|| / ||x||] measured by the encoder (None: exact, or
+    # a quantizer that does not measure)
+    errors: list[list[float] | None] | None = None
 
     @property
     def rid(self) -> RecId:
@@ -194,6 +197,7 @@ class Record:
             "bits": self.bits,
             "raw_bytes": self.raw_bytes,
             "time": self.time,
+            **({} if self.errors is None else {"errors": self.errors}),
         }
 
     @staticmethod
@@ -217,7 +221,17 @@ class Record:
             bits=int(d["bits"]),
             raw_bytes=int(d["raw_bytes"]),
             time=float(d["time"]),
+            errors=_errors(d.get("errors"), len(d["entries"])),
         )
+
+
+def _errors(raw: Any, n: int) -> list[list[float] | None] | None:
+    """The measured errors of a record (absent in records written before they existed)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) != n:
+        raise CorruptDataError("record: errors do not match its entries")
+    return [None if e is None else [float(e[0]), float(e[1])] for e in raw]
 
 
 @dataclass
