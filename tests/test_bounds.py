@@ -170,3 +170,13 @@ def test_non_finite_input_is_refused():
         dk.encode(x, tolerance=0.1)
     with pytest.raises(dk.NonFiniteError, match="reference"):
         dk.encode(np.ones(100, np.float32), reference=x, rel_error=0.1)
+
+
+def test_an_unchanged_tensor_costs_almost_nothing():
+    """A zero delta under a relative bound (Delta-LoRA's constants after the switch, frozen
+    layers): every level is 0, whatever grid the plan picks."""
+    x = np.random.default_rng(4).standard_normal(100_000).astype(np.float32)
+    for kw in ({"rel_error": 1e-3}, {"tolerance": 1e-6}, {"rel_tolerance": 0.01}):
+        blob = dk.encode(x, reference=x.copy(), **kw)
+        assert len(blob) < 200, kw
+        assert dk.decode(blob, reference=x).tobytes() == x.tobytes()

@@ -523,7 +523,12 @@ fn plan_rel<E: Elem>(
             a
         });
     let (step, theta) = hist.plan(e, PLAN_FILL)?;
-    let steps: Vec<f64> = CANDIDATES.iter().map(|c| c * step).collect();
+    // Steps below the working precision's normal range would only produce escapes.
+    let tiny = E::W::min_normal();
+    let steps: Vec<f64> = CANDIDATES
+        .iter()
+        .map(|c| (c * step).max(tiny))
+        .collect();
     let chunk_bytes = chunk_elems * E::SIZE;
     let sums = data
         .par_chunks(chunk_bytes)

@@ -156,6 +156,8 @@ pub trait GridFloat: Copy + Send + Sync + PartialOrd + 'static {
     fn root_plus(self, eps: Self) -> Self;
     /// `c · self`.
     fn times(self, c: Self) -> Self;
+    /// The smallest positive normal value, as `f64`.
+    fn min_normal() -> f64;
 }
 
 impl GridFloat for f32 {
@@ -184,6 +186,9 @@ impl GridFloat for f32 {
     fn times(self, c: Self) -> Self {
         self * c
     }
+    fn min_normal() -> f64 {
+        f32::MIN_POSITIVE as f64
+    }
 }
 
 impl GridFloat for f64 {
@@ -211,6 +216,9 @@ impl GridFloat for f64 {
     #[inline(always)]
     fn times(self, c: Self) -> Self {
         self * c
+    }
+    fn min_normal() -> f64 {
+        f64::MIN_POSITIVE
     }
 }
 
@@ -383,6 +391,9 @@ impl DeltaHistogram {
     /// the fewest estimated bits. `None` when the histogram is empty or all zero.
     pub fn plan(&self, e: f64, fill: f64) -> Option<(f64, f64)> {
         let budget = fill * e * e * self.sumsq_x;
+        if self.sum.iter().all(|&s| s == 0.0) && budget > 0.0 {
+            return Some((1.0, 0.5)); // every delta is 0: any grid keeps them exactly
+        }
         let top = (0..BINS).rev().find(|&b| self.count[b] > 0.0)?;
         let max_d = bin_low(top + 1);
         if !(budget > 0.0 && max_d > 0.0) {
@@ -476,6 +487,18 @@ mod tests {
             Bound::from_parts(4, 0.1, 1e-8).unwrap(),
             Bound::Moment { t: 0.1, eps: 1e-8 }
         );
+    }
+
+    #[test]
+    fn a_zero_delta_plans_a_grid_that_keeps_it() {
+        let mut h = DeltaHistogram::default();
+        for i in 0..1000 {
+            h.add(0.0, i as f64);
+        }
+        assert_eq!(h.plan(1e-3, 0.9), Some((1.0, 0.5)));
+        let mut zero_x = DeltaHistogram::default();
+        zero_x.add(0.0, 0.0);
+        assert_eq!(zero_x.plan(1e-3, 0.9), None, "x = 0: only exact storage keeps it");
     }
 
     #[test]
