@@ -13,8 +13,10 @@
 
 use rayon::prelude::*;
 
-use crate::entropy::bitio::{BitReader, BitWriter};
-use crate::entropy::levels::{self, Level, ESCAPE};
+use crate::bounded_kernels::{
+    self as kernels, Bf16E, ChunkCode, Elem, Errors, Grid, RefSrc, F16E, F32E, F64E,
+};
+use crate::entropy::levels::{self, ESCAPE};
 use crate::entropy::{self, Coder};
 use crate::error::{Error, Result};
 use crate::float::DType;
@@ -33,168 +35,6 @@ const PLAN_BLOCK: usize = 1024;
 const PLAN_FILL: f64 = 0.92;
 /// Steps tried by the exact check of a relative bound, as factors of the planned step.
 const CANDIDATES: [f64; 6] = [1.0, 0.93, 0.85, 0.75, 0.6, 0.45];
-
-/// One element of a dtype, as the bounded quantizer sees it.
-pub(crate) trait Elem: Send + Sync + 'static {
-    /// Working precision.
-    type W: GridFloat;
-    /// Bytes per element.
-    const SIZE: usize;
-    /// Largest finite magnitude key.
-    const MAX_KEY: i64;
-    /// Mantissa bits.
-    const MANTISSA: u32;
-    /// The element at the start of `b`, in `W` (exact).
-    fn load(b: &[u8]) -> Self::W;
-    /// `w` rounded to the dtype, written to `out`.
-    fn store(w: Self::W, out: &mut [u8]);
-    /// `w` rounded to the dtype, back in `W` (the value `store` writes).
-    fn round(w: Self::W) -> Self::W;
-    /// The element's raw bits.
-    fn bits(b: &[u8]) -> u64;
-    /// Write raw bits.
-    fn put_bits(v: u64, out: &mut [u8]);
-    /// Sign-magnitude bit pattern as a monotone integer.
-    fn key(b: &[u8]) -> i64 {
-        let sign = 1u64 << (Self::SIZE * 8 - 1);
-        let bits = Self::bits(b);
-        let mag = (bits & (sign - 1)) as i64;
-        if bits & sign != 0 {
-            -mag
-        } else {
-            mag
-        }
-    }
-    /// Inverse of [`Elem::key`] (−0 becomes +0).
-    fn put_key(k: i64, out: &mut [u8]) {
-        let sign = 1u64 << (Self::SIZE * 8 - 1);
-        Self::put_bits(
-            if k < 0 {
-                k.unsigned_abs() | sign
-            } else {
-                k as u64
-            },
-            out,
-        );
-    }
-}
-
-struct F32E;
-struct F64E;
-struct F16E;
-struct Bf16E;
-
-impl Elem for F32E {
-    type W = f32;
-    const SIZE: usize = 4;
-    const MAX_KEY: i64 = 0x7f7f_ffff;
-    const MANTISSA: u32 = 23;
-    #[inline(always)]
-    fn load(b: &[u8]) -> f32 {
-        f32::from_le_bytes(b[..4].try_into().unwrap())
-    }
-    #[inline(always)]
-    fn store(w: f32, out: &mut [u8]) {
-        out[..4].copy_from_slice(&w.to_le_bytes());
-    }
-    #[inline(always)]
-    fn round(w: f32) -> f32 {
-        w
-    }
-    #[inline(always)]
-    fn bits(b: &[u8]) -> u64 {
-        u32::from_le_bytes(b[..4].try_into().unwrap()) as u64
-    }
-    #[inline(always)]
-    fn put_bits(v: u64, out: &mut [u8]) {
-        out[..4].copy_from_slice(&(v as u32).to_le_bytes());
-    }
-}
-
-impl Elem for F64E {
-    type W = f64;
-    const SIZE: usize = 8;
-    const MAX_KEY: i64 = 0x7fef_ffff_ffff_ffff;
-    const MANTISSA: u32 = 52;
-    #[inline(always)]
-    fn load(b: &[u8]) -> f64 {
-        f64::from_le_bytes(b[..8].try_into().unwrap())
-    }
-    #[inline(always)]
-    fn store(w: f64, out: &mut [u8]) {
-        out[..8].copy_from_slice(&w.to_le_bytes());
-    }
-    #[inline(always)]
-    fn round(w: f64) -> f64 {
-        w
-    }
-    #[inline(always)]
-    fn bits(b: &[u8]) -> u64 {
-        u64::from_le_bytes(b[..8].try_into().unwrap())
-    }
-    #[inline(always)]
-    fn put_bits(v: u64, out: &mut [u8]) {
-        out[..8].copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn u16_of(b: &[u8]) -> u16 {
-    u16::from_le_bytes([b[0], b[1]])
-}
-
-impl Elem for F16E {
-    type W = f32;
-    const SIZE: usize = 2;
-    const MAX_KEY: i64 = 0x7bff;
-    const MANTISSA: u32 = 10;
-    #[inline(always)]
-    fn load(b: &[u8]) -> f32 {
-        half::f16::from_bits(u16_of(b)).to_f32()
-    }
-    #[inline(always)]
-    fn store(w: f32, out: &mut [u8]) {
-        out[..2].copy_from_slice(&half::f16::from_f32(w).to_bits().to_le_bytes());
-    }
-    #[inline(always)]
-    fn round(w: f32) -> f32 {
-        half::f16::from_f32(w).to_f32()
-    }
-    #[inline(always)]
-    fn bits(b: &[u8]) -> u64 {
-        u16_of(b) as u64
-    }
-    #[inline(always)]
-    fn put_bits(v: u64, out: &mut [u8]) {
-        out[..2].copy_from_slice(&(v as u16).to_le_bytes());
-    }
-}
-
-impl Elem for Bf16E {
-    type W = f32;
-    const SIZE: usize = 2;
-    const MAX_KEY: i64 = 0x7f7f;
-    const MANTISSA: u32 = 7;
-    #[inline(always)]
-    fn load(b: &[u8]) -> f32 {
-        f32::from_bits((u16_of(b) as u32) << 16)
-    }
-    #[inline(always)]
-    fn store(w: f32, out: &mut [u8]) {
-        out[..2].copy_from_slice(&half::bf16::from_f32(w).to_bits().to_le_bytes());
-    }
-    #[inline(always)]
-    fn round(w: f32) -> f32 {
-        half::bf16::from_f32(w).to_f32()
-    }
-    #[inline(always)]
-    fn bits(b: &[u8]) -> u64 {
-        u16_of(b) as u64
-    }
-    #[inline(always)]
-    fn put_bits(v: u64, out: &mut [u8]) {
-        out[..2].copy_from_slice(&(v as u16).to_le_bytes());
-    }
-}
 
 /// How levels are formed: everything both sides need (the decoder reads it from the params).
 #[derive(Clone, Copy, Debug)]
@@ -220,45 +60,16 @@ pub struct Measured {
     pub max_rel: f64,
 }
 
-/// Running error sums of an encode.
-#[derive(Clone, Copy, Debug, Default)]
-struct Errors {
-    max_abs: f64,
-    sumsq_err: f64,
-    sumsq_x: f64,
-    max_rel: f64,
-}
-
-impl Errors {
-    #[inline(always)]
-    fn add(&mut self, x: f64, y: f64) {
-        let e = (y - x).abs();
-        self.max_abs = self.max_abs.max(e);
-        self.sumsq_err += e * e;
-        self.sumsq_x += x * x;
-        if e > 0.0 {
-            self.max_rel = self.max_rel.max(e / x.abs());
-        }
-    }
-
-    fn merge(mut self, o: Errors) -> Errors {
-        self.max_abs = self.max_abs.max(o.max_abs);
-        self.sumsq_err += o.sumsq_err;
-        self.sumsq_x += o.sumsq_x;
-        self.max_rel = self.max_rel.max(o.max_rel);
-        self
-    }
-
-    fn summary(&self) -> Measured {
-        Measured {
-            max_abs: self.max_abs,
-            rel_l2: if self.sumsq_err == 0.0 {
-                0.0
-            } else {
-                (self.sumsq_err / self.sumsq_x).sqrt()
-            },
-            max_rel: self.max_rel,
-        }
+/// The summary of an encode's error sums.
+fn summary(e: &Errors) -> Measured {
+    Measured {
+        max_abs: e.max_abs,
+        rel_l2: if e.sumsq_err == 0.0 {
+            0.0
+        } else {
+            (e.sumsq_err / e.sumsq_x).sqrt()
+        },
+        max_rel: e.max_rel,
     }
 }
 
@@ -356,15 +167,6 @@ pub fn read_params(p: &[u8]) -> Result<BoundedParams> {
 /// Coded chunks and parameters of a bounded encode.
 type Coded = (Vec<Vec<u8>>, Vec<u8>);
 
-/// Where the reference values of one chunk come from.
-#[derive(Clone, Copy)]
-enum RefSrc<'a> {
-    Zero,
-    Slice(&'a [u8]),
-    /// The output chunk holds the reference (an in-place update).
-    Out,
-}
-
 /// Encode `data` (`dtype` elements) under `bound`; `None` when only exact storage can keep
 /// the bound (a zero bound, or finer than the dtype): the caller stores it losslessly.
 pub(crate) fn encode(
@@ -424,7 +226,7 @@ fn encode_typed<E: Elem>(
     let xs = data.par_chunks(chunk_bytes).enumerate();
     let vc = |i: usize, len: usize| chunk_of(moment, i, chunk_bytes, len);
     let run = |xc: &[u8], r: RefSrc<'_>, v: Option<&[u8]>, out: Option<&mut [u8]>| {
-        encode_chunk::<E>(&plan, xc, r, v, out, coder)
+        code_chunk(encode_chunk::<E>(&plan, xc, r, v, out), coder)
     };
     let parts: Vec<(Vec<u8>, Errors)> = match target {
         Target::Plain(r) => xs
@@ -445,10 +247,11 @@ fn encode_typed<E: Elem>(
             .map(|((i, xc), oc)| run(xc, RefSrc::Out, vc(i, xc.len()), Some(oc)))
             .collect::<Result<_>>()?,
     };
-    let measured = parts
-        .iter()
-        .fold(Errors::default(), |a, (_, m)| a.merge(*m))
-        .summary();
+    let measured = summary(
+        &parts
+            .iter()
+            .fold(Errors::default(), |a, (_, m)| a.merge(*m)),
+    );
     let chunks = parts.into_iter().map(|(c, _)| c).collect();
     Ok(Some((chunks, write_params(&plan, &measured))))
 }
@@ -530,29 +333,24 @@ fn plan_rel<E: Elem>(
     let (step, theta) = hist.plan(e, PLAN_FILL)?;
     // Steps below the working precision's normal range would only produce escapes.
     let tiny = E::W::min_normal();
-    let steps: Vec<f64> = CANDIDATES.iter().map(|c| (c * step).max(tiny)).collect();
     let chunk_bytes = chunk_elems * E::SIZE;
-    let sums = data
-        .par_chunks(chunk_bytes)
-        .enumerate()
-        .map(|(i, xc)| {
-            let r = chunk_of(reference, i, chunk_bytes, xc.len());
-            grid_errors::<E>(xc, r, &steps, theta)
-        })
-        .reduce(
-            || (vec![0.0; steps.len()], 0.0),
-            |mut a, b| {
-                a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
-                (a.0, a.1 + b.1)
-            },
-        );
-    // A hair below the budget: the encoder sums the same errors in another order.
-    let budget = e * e * sums.1 * (1.0 - 1e-9);
-    steps
-        .iter()
-        .zip(&sums.0)
-        .find(|(_, &err)| err <= budget)
-        .map(|(&s, _)| (s, theta))
+    // The exact check, one candidate a pass: the first (the plan's) passes nearly always.
+    for c in CANDIDATES {
+        let s = (c * step).max(tiny);
+        let (err, sumsq_x) = data
+            .par_chunks(chunk_bytes)
+            .enumerate()
+            .map(|(i, xc)| {
+                let r = chunk_of(reference, i, chunk_bytes, xc.len());
+                kernels::grid_sq_error::<E>(xc, r, s, theta)
+            })
+            .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        // A hair below the budget: the encoder sums the same errors in another order.
+        if err <= e * e * sumsq_x * (1.0 - 1e-9) {
+            return Some((s, theta));
+        }
+    }
+    None
 }
 
 /// Call `f(d, x)` for each element: `d = x − r` in `f64` (exact for 16/32-bit dtypes).
@@ -574,146 +372,51 @@ fn for_deltas<E: Elem>(x: &[u8], r: Option<&[u8]>, mut f: impl FnMut(f64, f64)) 
     }
 }
 
-/// Exact Σ(x̂ − x)² of a chunk for each grid step (escapes count as exact), and Σx².
-fn grid_errors<E: Elem>(x: &[u8], r: Option<&[u8]>, steps: &[f64], theta: f64) -> (Vec<f64>, f64) {
-    let mut errs = vec![0.0; steps.len()];
-    let mut sumsq_x = 0.0;
-    let n = x.len() / E::SIZE;
-    for i in 0..n {
-        let xw = E::load(&x[i * E::SIZE..]);
-        let rw = r.map_or(E::W::ZERO, |r| E::load(&r[i * E::SIZE..]));
-        let xv = xw.to_f64();
-        let d = xv - rw.to_f64();
-        sumsq_x += xv * xv;
-        for (err, &s) in errs.iter_mut().zip(steps) {
-            if let Some((_, y)) = grid_try::<E>(rw, d, E::W::from_f64(s), theta) {
-                let e = y.to_f64() - xv;
-                *err += e * e;
-            }
-        }
+/// The grid of one chunk under `plan` (`v`: the chunk of the second tensor, if any).
+fn grid_of<'a>(plan: &Plan, v: Option<&'a [u8]>) -> Grid<'a> {
+    match (plan.bound, v) {
+        (Bound::Moment { t, eps }, Some(v)) => Grid::Moment {
+            c: plan.step,
+            t,
+            eps,
+            v,
+        },
+        (Bound::Each, Some(s)) => Grid::Each { c: plan.step, s },
+        (Bound::Abs(t), _) => Grid::Uniform {
+            step: plan.step,
+            tol: t,
+        },
+        _ => Grid::Uniform {
+            step: plan.step,
+            tol: f64::INFINITY,
+        },
     }
-    (errs, sumsq_x)
 }
 
-/// The level of `d` on grid `step` and the dtype-rounded reconstruction, if finite.
-#[inline(always)]
-fn grid_try<E: Elem>(r: E::W, d: f64, step: E::W, theta: f64) -> Option<(i64, E::W)> {
-    let q = q::grid_level(d, step.to_f64(), theta)?;
-    let y = E::round(q::grid_value(r, q, step));
-    y.to_f64().is_finite().then_some((q, y))
-}
-
-/// Encode one chunk: tokens and extra bits, the reconstruction into `out` when given.
+/// Levels of one chunk under `plan` (the kernels do the work).
 fn encode_chunk<E: Elem>(
     plan: &Plan,
     x: &[u8],
     r: RefSrc<'_>,
     v: Option<&[u8]>,
-    mut out: Option<&mut [u8]>,
-    coder: Coder,
-) -> Result<(Vec<u8>, Errors)> {
-    let n = x.len() / E::SIZE;
-    let mut tokens = Vec::with_capacity(n);
-    let mut extra = Vec::new();
-    let mut w = BitWriter::new(&mut extra, n);
-    let mut m = Errors::default();
-    let mut y_bytes = [0u8; 8];
-    for i in 0..n {
-        let at = i * E::SIZE;
-        let xb = &x[at..at + E::SIZE];
-        let rb: Option<&[u8]> = match r {
-            RefSrc::Zero => None,
-            RefSrc::Slice(s) => Some(&s[at..at + E::SIZE]),
-            RefSrc::Out => out.as_deref().map(|o| &o[at..at + E::SIZE]),
-        };
-        let vb = v.map(|v| &v[at..at + E::SIZE]);
-        let xv = E::load(xb).to_f64();
-        let token = match choose::<E>(plan, xb, rb, vb, &mut y_bytes) {
-            Some(q) => levels::write_level(q, &mut w),
-            None => {
-                y_bytes[..E::SIZE].copy_from_slice(xb);
-                levels::write_escape(E::bits(xb), E::SIZE as u32 * 8, &mut w)
-            }
-        };
-        tokens.push(token);
-        m.add(xv, E::load(&y_bytes).to_f64());
-        if let Some(o) = out.as_deref_mut() {
-            o[at..at + E::SIZE].copy_from_slice(&y_bytes[..E::SIZE]);
-        }
+    out: Option<&mut [u8]>,
+) -> ChunkCode {
+    match plan.bound {
+        Bound::Pointwise(rho) => kernels::encode_key_chunk::<E>(x, r, plan.step as u64, rho, out),
+        _ => kernels::encode_grid_chunk::<E>(x, r, &grid_of(plan, v), plan.theta, out),
     }
-    w.finish();
-    let mut chunk = Vec::with_capacity(tokens.len() / 4 + extra.len() + 16);
+}
+
+/// A chunk's bytes: `u32` token stream length, the token stream, the extra bits.
+fn code_chunk(c: ChunkCode, coder: Coder) -> Result<(Vec<u8>, Errors)> {
+    let mut chunk = Vec::with_capacity(c.tokens.len() / 8 + c.extra.len() + 64);
     chunk.extend_from_slice(&[0; 4]);
-    entropy::encode_into(&tokens, coder, &mut chunk)?;
+    let coded = entropy::encode_into(&c.tokens, coder, &mut chunk);
     let len = (chunk.len() - 4) as u32;
     chunk[..4].copy_from_slice(&len.to_le_bytes());
-    chunk.extend_from_slice(&extra);
-    Ok((chunk, m))
-}
-
-/// The level of one element that keeps the bound, its reconstruction written to `y`; `None`
-/// when only the exact value does (an escape).
-#[inline(always)]
-fn choose<E: Elem>(
-    plan: &Plan,
-    xb: &[u8],
-    rb: Option<&[u8]>,
-    vb: Option<&[u8]>,
-    y: &mut [u8],
-) -> Option<i64> {
-    let xw = E::load(xb);
-    let xv = xw.to_f64();
-    match plan.bound {
-        Bound::Pointwise(rho) => {
-            let kr = rb.map_or(0, E::key);
-            let q = q::key_level(E::key(xb), kr, plan.step as u64)?;
-            E::put_key(q::key_value(kr, q, plan.step as u64, E::MAX_KEY), y);
-            let yv = E::load(y).to_f64();
-            ((yv - xv).abs() <= rho * xv.abs()).then_some(q)
-        }
-        _ => {
-            let rw = rb.map_or(E::W::ZERO, E::load);
-            let (step, tol) = grid_step_tol::<E>(plan, vb);
-            let d = xv - rw.to_f64();
-            let (q, yw) = grid_try::<E>(rw, d, step, plan.theta)?;
-            let fits = |yw: E::W| (yw.to_f64() - xv).abs() <= tol;
-            let q = if fits(yw) {
-                E::store(yw, y);
-                q
-            } else {
-                // The roundings pushed it out: the neighbouring level on the other side.
-                let q2 = if yw.to_f64() < xv { q + 1 } else { q - 1 };
-                let y2 = E::round(q::grid_value(rw, q2, step));
-                if q2.abs() > q::MAX_LEVEL || !fits(y2) {
-                    return None;
-                }
-                E::store(y2, y);
-                q2
-            };
-            Some(q)
-        }
-    }
-}
-
-/// Grid step (in `W`) and per-element tolerance (`f64`; infinite for `Rel`, whose bound is
-/// on the whole tensor).
-#[inline(always)]
-fn grid_step_tol<E: Elem>(plan: &Plan, vb: Option<&[u8]>) -> (E::W, f64) {
-    match (plan.bound, vb) {
-        (Bound::Moment { t, eps }, Some(v)) => {
-            let vw = E::load(v);
-            let scale = vw.root_plus(E::W::from_f64(eps));
-            let tol = t * (vw.to_f64().abs().sqrt() + eps);
-            (scale.times(E::W::from_f64(plan.step)), tol)
-        }
-        (Bound::Each, Some(s)) => {
-            let sw = E::load(s);
-            let tol = sw.to_f64().abs();
-            (sw.magnitude().times(E::W::from_f64(plan.step)), tol)
-        }
-        (Bound::Abs(t), _) => (E::W::from_f64(plan.step), t),
-        _ => (E::W::from_f64(plan.step), f64::INFINITY),
-    }
+    chunk.extend_from_slice(&c.extra);
+    kernels::recycle(c.tokens, c.extra);
+    coded.map(|_| (chunk, c.errors))
 }
 
 /// Decode bounded chunks into `out`, adding to `base`.
@@ -807,41 +510,12 @@ fn decode_chunk<E: Elem>(
     let n = out.len() / E::SIZE;
     let mut tokens = entropy::try_alloc(n)?;
     entropy::decode_into(tok_stream, &mut tokens)?;
-    let mut bits = BitReader::new(extra);
-    for (i, &t) in tokens.iter().enumerate() {
-        let at = i * E::SIZE;
-        let level = levels::read_level(t, &mut bits)
-            .ok_or_else(|| Error::corrupt(format!("unknown level token {t}")))?;
-        let q = match level {
-            Level::Escape => {
-                let raw = levels::read_escape(E::SIZE as u32 * 8, &mut bits);
-                E::put_bits(raw, &mut out[at..at + E::SIZE]);
-                continue;
-            }
-            Level::Value(q) => q,
-        };
-        let rb: Option<&[u8]> = match r {
-            RefSrc::Zero => None,
-            RefSrc::Slice(s) => Some(&s[at..at + E::SIZE]),
-            RefSrc::Out => Some(&out[at..at + E::SIZE]),
-        };
-        match plan.bound {
-            Bound::Pointwise(_) => {
-                let kr = rb.map_or(0, E::key);
-                let k = q::key_value(kr, q, plan.step as u64, E::MAX_KEY);
-                E::put_key(k, &mut out[at..at + E::SIZE]);
-            }
-            _ => {
-                let rw = rb.map_or(E::W::ZERO, E::load);
-                let (step, _) = grid_step_tol::<E>(plan, v.map(|v| &v[at..at + E::SIZE]));
-                E::store(q::grid_value(rw, q, step), &mut out[at..at + E::SIZE]);
-            }
+    match plan.bound {
+        Bound::Pointwise(_) => {
+            kernels::decode_key_chunk::<E>(&tokens, extra, r, plan.step as u64, out)
         }
+        _ => kernels::decode_grid_chunk::<E>(&tokens, extra, r, &grid_of(plan, v), out),
     }
-    if bits.overrun() {
-        return Err(Error::corrupt("bounded extra bits truncated"));
-    }
-    Ok(())
 }
 
 /// The token stream of a chunk (one token per element; checked before allocating).

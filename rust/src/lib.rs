@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 mod bounded;
+mod bounded_kernels;
 pub mod codec;
 pub mod entropy;
 pub mod error;

@@ -5,6 +5,7 @@ use deltackpt::{
     decode_update_with, decode_with, encode, encode_reconstruct, encode_update, inspect, Bound,
     DType, EncodeOptions, Quantizer, Tensor,
 };
+use deltackpt::entropy::simd;
 use proptest::prelude::*;
 
 /// Little-endian bytes of `values` rounded to `dtype` (saturated to its finite range).
@@ -177,6 +178,31 @@ proptest! {
             prop_assert!(p.measured.max_abs >= max_abs && p.measured.max_abs <= max_abs * (1.0 + 2f64.powi(-22)) + f32::from_bits(1) as f64,
                          "{} vs {}", p.measured.max_abs, max_abs);
         }
+    }
+
+    #[test]
+    fn scalar_and_avx2_kernels_write_identical_bytes(
+        dtype in dtype_strategy(), (xs, rs) in tensor_strategy(), bound in bound_strategy(),
+    ) {
+        let x = to_bytes(dtype, &xs);
+        let r = to_bytes(dtype, &rs);
+        let v: Vec<f64> = xs.iter().zip(&rs).map(|(x, r)| (x - r).abs() * 0.3 + r * r).collect();
+        let vb = to_bytes(dtype, &v);
+        let opts = EncodeOptions {
+            quantizer: Quantizer::Bounded,
+            bound: Some(bound),
+            moment: bound.needs_moment().then_some(&vb[..]),
+            ..Default::default()
+        };
+        let t = Tensor { dtype, shape: &[xs.len() as u64], data: &x };
+        let with = encode(t, Some(&r), &opts).unwrap();
+        let decoded_with = decode_with(&with, Some(&r), opts.moment).unwrap().data;
+        simd::set_simd_enabled(false);
+        let without = encode(t, Some(&r), &opts);
+        let decoded_without = decode_with(&with, Some(&r), opts.moment).map(|d| d.data);
+        simd::set_simd_enabled(true);
+        prop_assert_eq!(with, without.unwrap());
+        prop_assert_eq!(decoded_with, decoded_without.unwrap());
     }
 
     #[test]
