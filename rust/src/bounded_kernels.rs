@@ -301,6 +301,21 @@ pub(crate) enum Grid<'a> {
     Each { c: f64, s: &'a [u8] },
 }
 
+lane_loop! {
+    /// How many elements of `b` are not finite (their magnitude bits above the largest
+    /// finite one): a scan of raw bits, with no conversion.
+    fn count_nonfinite / count_nonfinite_avx2 / count_nonfinite_body <E: Elem>(b: &[u8]) -> u64 {
+        let mask = (1u64 << (E::SIZE * 8 - 1)) - 1;
+        let max = E::MAX_KEY as u64;
+        b.chunks_exact(E::SIZE).map(|c| ((E::bits(c) & mask) > max) as u64).sum()
+    }
+}
+
+/// How many elements of `b` are not finite (NaN or ±∞).
+pub(crate) fn nonfinite_count<E: Elem>(b: &[u8]) -> u64 {
+    count_nonfinite::<E>(b)
+}
+
 /// Running error sums of an encode.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Errors {

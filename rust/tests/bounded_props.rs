@@ -1,11 +1,11 @@
 //! Property tests of the error-bounded quantizer: every bound holds on what decode returns,
 //! on random and adversarial tensors of every dtype, with and without a reference, and the
 //! encoder's reconstruction is bit for bit what decode returns.
+use deltackpt::entropy::simd;
 use deltackpt::{
     decode_update_with, decode_with, encode, encode_reconstruct, encode_update, inspect, Bound,
     DType, EncodeOptions, Quantizer, Tensor,
 };
-use deltackpt::entropy::simd;
 use proptest::prelude::*;
 
 /// Little-endian bytes of `values` rounded to `dtype` (saturated to its finite range).
@@ -303,4 +303,40 @@ fn wrong_or_missing_second_moment_is_refused() {
         ..opts
     };
     assert!(encode(t, None, &no_moment).is_err());
+}
+
+#[test]
+fn a_relative_bound_holds_where_the_planning_sample_misleads() {
+    // The planner samples every 4th block of 1024 elements of a 4M-element tensor. Here the
+    // sampled blocks hold no change and the others a change of 1%: a plan made from the
+    // sample alone would zero everything. The encoder must notice and code within bound.
+    let n = 4 << 20;
+    let rs: Vec<f64> = (0..n).map(|i| 1.0 + (i % 251) as f64 * 1e-3).collect();
+    let xs: Vec<f64> = rs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| if (i / 1024) % 4 == 0 { *r } else { r * 1.01 })
+        .collect();
+    let (x, r) = (to_bytes(DType::F32, &xs), to_bytes(DType::F32, &rs));
+    let t = Tensor {
+        dtype: DType::F32,
+        shape: &[n as u64],
+        data: &x,
+    };
+    for e in [1e-3, 5e-3] {
+        let opts = EncodeOptions {
+            quantizer: Quantizer::Bounded,
+            bound: Some(Bound::Rel(e)),
+            ..Default::default()
+        };
+        let mut recon = vec![0u8; x.len()];
+        let blob = encode_reconstruct(t, Some(&r), &opts, &mut recon).unwrap();
+        let got = decode_with(&blob, Some(&r), None).unwrap().data;
+        assert!(got == recon);
+        let want = values(DType::F32, &x);
+        holds(Bound::Rel(e), &want, &values(DType::F32, &got), &[]).unwrap();
+        // and in place (the reference is the output: checked before coding)
+        let mut state = r.clone();
+        assert_eq!(encode_update(t, &mut state, &opts).unwrap(), blob);
+    }
 }
