@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::bounded_kernels::{
     self as kernels, Bf16E, ChunkCode, Elem, Errors, Grid, RefSrc, F16E, F32E, F64E,
 };
-use crate::entropy::levels::{self, ESCAPE};
+use crate::entropy::levels::Tokens;
 use crate::entropy::{self, Coder};
 use crate::error::{Error, Result};
 use crate::float::DType;
@@ -47,6 +47,8 @@ struct Plan {
     theta: f64,
     /// Fingerprint of `v` (`Moment`), else 0.
     moment_hash: u64,
+    /// How levels become tokens.
+    tokens: Tokens,
 }
 
 /// What the encoder measured on the reconstruction it wrote.
@@ -98,6 +100,8 @@ pub struct BoundedParams {
     pub theta: f64,
     /// xxh3-64 of the second moment (`Moment` bounds), else 0.
     pub moment_hash: u64,
+    /// How the levels became tokens.
+    pub tokens: Tokens,
     /// What the encoder measured.
     pub measured: Measured,
 }
@@ -105,7 +109,9 @@ pub struct BoundedParams {
 fn write_params(plan: &Plan, m: &Measured) -> Vec<u8> {
     let mut p = Vec::with_capacity(PARAMS_LEN + 16);
     let theta = THETAS.iter().position(|&t| t == plan.theta).unwrap_or(0);
-    p.extend_from_slice(&[plan.bound.id(), theta as u8]);
+    // The token scheme in the high nibble (0: the narrow scheme of the first blobs).
+    let scheme = (plan.tokens.log() - Tokens::NARROW.log()) as u8;
+    p.extend_from_slice(&[plan.bound.id(), theta as u8 | scheme << 4]);
     p.extend_from_slice(&plan.bound.value().to_le_bytes());
     p.extend_from_slice(&plan.step.to_le_bytes());
     if plan.bound.needs_moment() {
@@ -130,8 +136,10 @@ pub fn read_params(p: &[u8]) -> Result<BoundedParams> {
     }
     let f64_at = |i: usize| f64::from_le_bytes(p[i..i + 8].try_into().unwrap());
     let f32_at = |i: usize| f32::from_le_bytes(p[i..i + 4].try_into().unwrap()) as f64;
+    let tokens = Tokens::new(Tokens::NARROW.log() + (p[1] >> 4) as u32)
+        .ok_or_else(|| Error::corrupt("bounded parameters: unknown token scheme"))?;
     let theta = *THETAS
-        .get(p[1] as usize)
+        .get((p[1] & 15) as usize)
         .ok_or_else(|| Error::corrupt("bounded parameters: unknown rounding offset"))?;
     let (value, step) = (f64_at(2), f64_at(10));
     let (eps, moment_hash, tail) = if moment {
@@ -156,6 +164,7 @@ pub fn read_params(p: &[u8]) -> Result<BoundedParams> {
         step,
         theta,
         moment_hash,
+        tokens,
         measured: Measured {
             max_abs: f32_at(tail),
             rel_l2: f32_at(tail + 4),
@@ -324,6 +333,7 @@ fn make_plan<E: Elem>(
         step,
         theta,
         moment_hash,
+        tokens: Tokens::WIDE,
     };
     match bound {
         Bound::Abs(t) | Bound::Moment { t, .. } => {
@@ -442,8 +452,10 @@ fn encode_chunk<E: Elem>(
     out: Option<&mut [u8]>,
 ) -> ChunkCode {
     match plan.bound {
-        Bound::Pointwise(rho) => kernels::encode_key_chunk::<E>(x, r, plan.step as u64, rho, out),
-        _ => kernels::encode_grid_chunk::<E>(x, r, &grid_of(plan, v), plan.theta, out),
+        Bound::Pointwise(rho) => {
+            kernels::encode_key_chunk::<E>(x, r, plan.step as u64, rho, plan.tokens, out)
+        }
+        _ => kernels::encode_grid_chunk::<E>(x, r, &grid_of(plan, v), plan.theta, plan.tokens, out),
     }
 }
 
@@ -495,6 +507,7 @@ pub(crate) fn decode(
         step: p.step,
         theta: p.theta,
         moment_hash: p.moment_hash,
+        tokens: p.tokens,
     };
     match dtype {
         DType::F32 => decode_typed::<F32E>(&plan, chunks, chunk_elems, base, moment, out),
@@ -552,9 +565,11 @@ fn decode_chunk<E: Elem>(
     entropy::decode_into(tok_stream, &mut tokens)?;
     match plan.bound {
         Bound::Pointwise(_) => {
-            kernels::decode_key_chunk::<E>(&tokens, extra, r, plan.step as u64, out)
+            kernels::decode_key_chunk::<E>(&tokens, extra, plan.tokens, r, plan.step as u64, out)
         }
-        _ => kernels::decode_grid_chunk::<E>(&tokens, extra, r, &grid_of(plan, v), out),
+        _ => {
+            kernels::decode_grid_chunk::<E>(&tokens, extra, plan.tokens, r, &grid_of(plan, v), out)
+        }
     }
 }
 
@@ -562,5 +577,3 @@ fn decode_chunk<E: Elem>(
 pub(crate) fn token_stream(chunk: &[u8]) -> Result<&[u8]> {
     split_chunk(chunk).map(|(t, _)| t)
 }
-
-const _: () = assert!(ESCAPE as usize + 1 == levels::TOKENS);

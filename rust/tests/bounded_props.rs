@@ -340,3 +340,45 @@ fn a_relative_bound_holds_where_the_planning_sample_misleads() {
         assert_eq!(encode_update(t, &mut state, &opts).unwrap(), blob);
     }
 }
+
+#[test]
+fn blobs_of_the_first_token_scheme_still_decode() {
+    // Written by the first bounded encoder (16 direct tokens, escape 72): levels up to a few
+    // hundred and one escaped outlier, tolerance 1e-4. The new encoder writes 32 direct
+    // tokens; both must read.
+    let data = |ext: &str| {
+        std::fs::read(format!(
+            "{}/tests/data/bounded_narrow_f32.{ext}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let (blob, r, want) = (data("blob"), data("ref"), data("out"));
+    let got = decode_with(&blob, Some(&r), None).unwrap();
+    assert!(got.data == want);
+    let p = inspect(&blob).unwrap().bounded_params().unwrap().unwrap();
+    assert_eq!(p.tokens, deltackpt::entropy::levels::Tokens::NARROW);
+    // Re-encoded today: the wide scheme, the same bound.
+    let x = want;
+    let t = Tensor {
+        dtype: DType::F32,
+        shape: &[5000],
+        data: &x,
+    };
+    let opts = EncodeOptions {
+        quantizer: Quantizer::Bounded,
+        bound: Some(Bound::Abs(1e-4)),
+        ..Default::default()
+    };
+    let wide = encode(t, Some(&r), &opts).unwrap();
+    let p = inspect(&wide).unwrap().bounded_params().unwrap().unwrap();
+    assert_eq!(p.tokens, deltackpt::entropy::levels::Tokens::WIDE);
+    let back = decode_with(&wide, Some(&r), None).unwrap().data;
+    holds(
+        Bound::Abs(1e-4),
+        &values(DType::F32, &x),
+        &values(DType::F32, &back),
+        &[],
+    )
+    .unwrap();
+}
