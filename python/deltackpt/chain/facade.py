@@ -377,7 +377,8 @@ class CheckpointChain:
         return inspect.verify(self.records, self.config.threads, decode_all)
 
     def stats(self) -> dict[str, Any]:
-        """Bytes stored by kind, raw bytes of all saves, ratio, and max restore depth."""
+        """Bytes stored by kind, raw bytes of all saves, ratio, max restore depth, and
+        ``allocated_bytes``: what the file system allocates (None on object stores)."""
         return inspect.stats(self.records)
 
     # ------------------------------------------------------------------ lifecycle
