@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deltackpt as dk
+from deltackpt.chain.policy import DEFAULT_REL_ERROR
 from deltackpt.store import HEADER, LocalStore
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -344,7 +345,7 @@ def test_flipped_bytes_raise_never_wrong_tensors(tmp_path: Path) -> None:
         assert reader.verify(decode_all=True) == {}
     rng = random.Random(42)
     files = [p for p in _chain_files(root) if p.name != "LOCK"]
-    assert len(files) >= 20
+    assert len(files) >= 16  # 7 records, 7 data files (one per save), schema, chain.json, ...
     for p in files:
         original = p.read_bytes()
         for pos in {0, 10, len(original) - 1, rng.randrange(len(original))}:
@@ -480,7 +481,7 @@ def test_sigkill_at_random_moments_loses_no_committed_step(tmp_path: Path) -> No
                 got, want = reader.restore(t), _crash_state(t)
                 assert got["t"] == t and torch.equal(got["ids"], want["ids"])
                 err = float((got["w"] - want["w"]).norm() / want["w"].norm())
-                assert err < 0.01, (t, err)
+                assert err <= DEFAULT_REL_ERROR, (t, err)  # the chain's default promise
     done = subprocess.run(
         [sys.executable, "-c", script], check=False, capture_output=True, text=True
     )

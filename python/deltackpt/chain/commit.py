@@ -47,44 +47,61 @@ from .records import (
 from .references import Level, OutputBuffers, References
 from .snapshot import Leaf, Snapshot, TensorKey, check_finite, clamp0, raw_bytes
 
-_OWN_FILE_ABOVE = 1 << 20  # a blob this large gets a file of its own whatever its mode
+_PACK_BYTES = 1 << 20  # blobs are packed into data files of about this size
 
 
 class DataFiles:
-    """The data files of one save. A large tensor's blob goes to a file of its own, written
-    at once (a save never holds every blob in memory); the small ones are concatenated into
-    the group file (file 0), written last."""
+    """The data files of one save. Blobs are packed, in the order they come, into files of
+    about :data:`_PACK_BYTES` (file 0 first, the others written as they fill), so a small
+    model's save is one data file however many tensors it has, and a save never holds more
+    than one pack plus one blob in memory; a blob larger than a pack gets a file of its own."""
 
-    def __init__(self, store: Store, prefix: str, group_below: int) -> None:
-        self.store, self.prefix, self.group_below = store, prefix, group_below
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store, self.prefix = store, prefix
         self.names = [group_name(prefix)]
-        self.group: list[bytes] = []
-        self.group_len = 0
+        self.pack: list[bytes] = []
+        self.pack_len = 0
+        self.pack_index = 0
         self.written: list[str] = []
 
-    def add(self, mode: str, blob: bytes, numel: int) -> list[Any]:
+    def add(self, mode: str, blob: bytes) -> list[Any]:
         """Place one tensor's blob; return its record entry ``[mode, file, offset, length]``."""
-        if (mode != "raw" and numel >= self.group_below) or len(blob) > _OWN_FILE_ABOVE:
-            name = blob_name(self.prefix, len(self.names))
-            self.store.write(name, blob, sync_dir=False)
-            self.written.append(name)
-            self.names.append(name)
-            return [mode, len(self.names) - 1, 0, len(blob)]
-        entry = [mode, 0, self.group_len, len(blob)]
-        self.group.append(blob)
-        self.group_len += len(blob)
+        if len(blob) > _PACK_BYTES:
+            return [mode, self._own_file(blob), 0, len(blob)]
+        if self.pack_len + len(blob) > _PACK_BYTES:
+            self._write_pack()
+            self.pack_index = self._new_name()
+        entry = [mode, self.pack_index, self.pack_len, len(blob)]
+        self.pack.append(blob)
+        self.pack_len += len(blob)
         return entry
 
     def finish(self) -> list[str]:
-        """Write the group file; return every file name, the group file first."""
-        self.store.write(self.names[0], b"".join(self.group), sync_dir=False)
-        self.written.append(self.names[0])
+        """Write the last pack; return every file name, file 0 first."""
+        self._write_pack()
         return self.names
 
     def discard(self) -> None:
         for name in self.written:
             with contextlib.suppress(Exception):
                 self.store.delete(name)
+
+    def _new_name(self) -> int:
+        self.names.append(blob_name(self.prefix, len(self.names)))
+        return len(self.names) - 1
+
+    def _own_file(self, blob: bytes) -> int:
+        index = self._new_name()
+        self._write(self.names[index], blob)
+        return index
+
+    def _write_pack(self) -> None:
+        self._write(self.names[self.pack_index], b"".join(self.pack))
+        self.pack, self.pack_len = [], 0
+
+    def _write(self, name: str, data: bytes) -> None:
+        self.store.write(name, data, sync_dir=False)
+        self.written.append(name)
 
 
 @dataclass
@@ -135,7 +152,7 @@ class TensorCoder:
             self.values[leaf.path] = leaf.value if recon is None else recon
             if recon is not None:
                 coded.recon[leaf.path], coded.meta[leaf.path] = recon, leaf.key
-            entry = files.add(mode, blob, leaf.numel)
+            entry = files.add(mode, blob)
             if moment is not None:
                 entry.append(self.index[moment])
             coded.entries[i] = entry
@@ -179,7 +196,7 @@ class TensorCoder:
             blob, recons = encode_group(
                 [lf.value for lf in leaves], refs, kind, key[3], specs, moments, self.cfg.coder
             )
-            loc = files.add("group", blob, sum(lf.numel for lf in leaves))
+            loc = files.add("group", blob)
             coded.groups.append(Group(loc[1:], kind, key[3], members, specs))
             for i, lf, r in zip(members, leaves, recons):
                 r = clamp0(r) if lf.nonneg else r
@@ -286,7 +303,7 @@ def commit(
     base = None if plan.base is None else refs.levels[plan.base]
     coder = TensorCoder(cfg, refs, base, plan.level, snap)
     prefix = data_prefix(branch, step, os.urandom(4).hex())
-    files = DataFiles(records.store, prefix, cfg.group_below)
+    files = DataFiles(records.store, prefix)
     try:
         coded = coder.code_all(snap, files)
         names = files.finish()

@@ -77,8 +77,8 @@ class CheckpointChain:
     branch points and ``exact=True``); ``max_to_keep`` / ``keep_every`` retention on the
     current branch (records that a kept step, a branch point or the writer depends on are
     never deleted, and stay listed); ``async_save`` encodes and writes in one background
-    thread (one save in flight); ``group_below`` tensors with fewer elements share one file
-    per save; ``coder`` is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in
+    thread (one save in flight); ``group_below`` tensors with fewer elements are coded together
+    (one blob per kind of array; data files pack blobs up to ~1 MiB); ``coder`` is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in
     parallel on restore.
     """
 
