@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from lenet_digits import LeNet5, accuracy, digits  # noqa: E402
 
 import deltackpt as dk  # noqa: E402
+from deltackpt.chain.policy import DEFAULT_REL_ERROR  # noqa: E402
 
 State = dict[str, np.ndarray]
 
@@ -237,7 +238,7 @@ def main() -> None:
     b = args.bits
     lc = {"quantizer": "exponent", "bits": b}
     configs = [
-        ("chain defaults (error budgets, rel_error 1e-3)", {}),
+        (f"chain defaults (error budgets, weights rel_error {DEFAULT_REL_ERROR:g})", {}),
         (f"LC chain b={b}, anchor_every=10", lc),
         (f"LC chain b={b}, async_save", {**lc, "async_save": True}),
         (f"LC chain b={b}, coder=gzip", {**lc, "coder": "gzip"}),
