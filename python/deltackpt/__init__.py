@@ -15,6 +15,7 @@ from .chain import CheckpointChain
 from .errors import (
     CorruptDataError,
     DeltackptError,
+    InternalError,
     InvalidArgumentError,
     NonFiniteError,
     ReferenceMismatchError,
@@ -35,6 +36,7 @@ __all__ = [
     "NonFiniteError",
     "ReferenceMismatchError",
     "InvalidArgumentError",
+    "InternalError",
     "CheckpointChain",
     "LockedError",
 ]

@@ -9,6 +9,7 @@ __all__ = [
     "NonFiniteError",
     "ReferenceMismatchError",
     "InvalidArgumentError",
+    "InternalError",
 ]
 
 
@@ -34,3 +35,7 @@ class ReferenceMismatchError(CorruptDataError, ValueError):
 
 class InvalidArgumentError(DeltackptError, ValueError):
     """An argument is out of range or of the wrong kind."""
+
+
+class InternalError(DeltackptError, RuntimeError):
+    """The core failed (a bug, or no worker thread could start); nothing was returned."""

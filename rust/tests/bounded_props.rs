@@ -1,11 +1,11 @@
 //! Property tests of the error-bounded quantizer: every bound holds on what decode returns,
 //! on random and adversarial tensors of every dtype, with and without a reference, and the
 //! encoder's reconstruction is bit for bit what decode returns.
+use deltackpt::entropy::simd;
 use deltackpt::{
     decode_update_with, decode_with, encode, encode_reconstruct, encode_update, inspect, Bound,
     DType, EncodeOptions, Quantizer, Tensor,
 };
-use deltackpt::entropy::simd;
 use proptest::prelude::*;
 
 /// Little-endian bytes of `values` rounded to `dtype` (saturated to its finite range).
