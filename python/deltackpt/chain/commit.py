@@ -20,6 +20,7 @@ import numpy as np
 
 from .._api import encode
 from .._api import inspect as inspect_blob
+from .._core import checksum128
 from ..errors import NonFiniteError
 from ..store import Store
 from .branches import history
@@ -58,6 +59,7 @@ class DataFiles:
     def __init__(self, store: Store, prefix: str, group_below: int) -> None:
         self.store, self.prefix, self.group_below = store, prefix, group_below
         self.names = [group_name(prefix)]
+        self.digests = [""]  # xxh3-128 hex of each file's payload, bound by the record
         self.group: list[bytes] = []
         self.group_len = 0
         self.written: list[str] = []
@@ -69,6 +71,7 @@ class DataFiles:
             self.store.write(name, blob, sync_dir=False)
             self.written.append(name)
             self.names.append(name)
+            self.digests.append(checksum128(blob).hex())
             return [mode, len(self.names) - 1, 0, len(blob)]
         entry = [mode, 0, self.group_len, len(blob)]
         self.group.append(blob)
@@ -77,8 +80,10 @@ class DataFiles:
 
     def finish(self) -> list[str]:
         """Write the group file; return every file name, the group file first."""
-        self.store.write(self.names[0], b"".join(self.group), sync_dir=False)
+        payload = b"".join(self.group)
+        self.store.write(self.names[0], payload, sync_dir=False)
         self.written.append(self.names[0])
+        self.digests[0] = checksum128(payload).hex()
         return self.names
 
     def discard(self) -> None:
@@ -292,6 +297,7 @@ def commit(
         names = files.finish()
         schema = records.put_schema(snap)
         rec = _record(branch, step, plan, base, snap, coded, names, schema, cfg)
+        rec.digests = files.digests
         old = records.record(rec.rid) if replace else None
         records.store.sync_dirs({data_dir(branch)})  # data durable before the commit
         records.put(rec)

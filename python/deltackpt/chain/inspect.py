@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from ..errors import DeltackptError
-from .records import RecId, Record, Records, all_records, record_name
+from .records import RecId, Record, Records, all_records, read_data, record_name
 from .restore import restore_state
 
 
@@ -66,8 +66,8 @@ def verify(records: Records, threads: int, decode_all: bool) -> dict[str, str]:
         try:
             rec = records.record(rid)
             records.schema(rec.schema)
-            for name in rec.files:
-                records.store.read(name)
+            for i in range(len(rec.files)):
+                read_data(records.store, rec, i)
             if rec.base is not None:
                 records.record(rec.base)
             if decode_all:

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptDataError, UnsupportedError
-from ..store import Store
+from ..store import HEADER, Store, unframe
 from .config import ChainConfig
 from .groups import Group
 from .snapshot import Snapshot
 
 FORMAT = "deltackpt-chain"
-VERSION = 1
+VERSION = 1  # of chain.json
+RECORD_VERSION = 2  # 2: records list the digests of their data files
+RECORD_VERSIONS = (1, 2)  # what this code reads
 CHAIN_FILE = "chain.json"
 KEYFRAME_LEVEL = 1 << 20  # above every anchor level: a keyframe drops every reference
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
@@ -177,6 +179,9 @@ class Record:
     errors: list[list[float] | None] | None = None
     # small tensors coded together (entries ["group", g] point here)
     groups: list[Group] | None = None
+    # xxh3-128 (hex) of each data file's payload, as its frame records it (None: a version 1
+    # record, written before records bound their files)
+    digests: list[str] | None = None
 
     @property
     def rid(self) -> RecId:
@@ -185,7 +190,7 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": RECORD_VERSION if self.digests is not None else 1,
             "branch": self.branch,
             "step": self.step,
             "kind": self.kind,
@@ -202,14 +207,18 @@ class Record:
             "time": self.time,
             **({} if self.errors is None else {"errors": self.errors}),
             **({} if not self.groups else {"groups": [g.to_json() for g in self.groups]}),
+            **({} if self.digests is None else {"digests": self.digests}),
         }
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> Record:
         if d.get("format") != FORMAT:
             raise CorruptDataError("not a deltackpt chain record")
-        if d.get("version") != VERSION:
-            raise UnsupportedError(f"chain record version {d.get('version')}")
+        if d.get("version") not in RECORD_VERSIONS:
+            raise UnsupportedError(
+                f"chain record version {d.get('version')}; this deltackpt reads versions "
+                f"{RECORD_VERSIONS}: upgrade it"
+            )
         base = d["base"]
         return Record(
             branch=str(d["branch"]),
@@ -227,7 +236,36 @@ class Record:
             time=float(d["time"]),
             errors=_errors(d.get("errors"), len(d["entries"])),
             groups=[Group.from_json(g) for g in d["groups"]] if d.get("groups") else None,
+            digests=_digests(d, int(d["nfiles"])),
         )
+
+
+def _digests(d: dict[str, Any], n: int) -> list[str] | None:
+    """The data files' digests of a record (version 2; version 1 records have none)."""
+    raw = d.get("digests")
+    if d.get("version") == 1 and raw is None:
+        return None
+    if not (isinstance(raw, list) and len(raw) == n and all(map(_is_digest, raw))):
+        raise CorruptDataError("record: the digests of its data files are missing or malformed")
+    return list(raw)
+
+
+def _is_digest(x: Any) -> bool:
+    return isinstance(x, str) and len(x) == 32 and all(c in "0123456789abcdef" for c in x)
+
+
+def read_data(store: Store, rec: Record, index: int) -> bytes:
+    """The payload of data file ``index`` of ``rec``, checked against the digest the record
+    binds (a file swapped for another, even a valid one, is corrupt data naming it)."""
+    name = rec.files[index]
+    raw = store.read_raw(name)
+    payload = unframe(raw, name)
+    if rec.digests is not None and HEADER.unpack_from(raw)[1].hex() != rec.digests[index]:
+        raise CorruptDataError(
+            f"{name} is not the file record {rec.branch}/{rec.step} wrote (its digest differs):"
+            " it was replaced or swapped with another file; restore another step or the file"
+        )
+    return payload
 
 
 def _errors(raw: Any, n: int) -> list[list[float] | None] | None:
