@@ -81,3 +81,65 @@ def test_a_version_2_record_without_digests_is_corrupt(tmp_path: Path) -> None:
     _put_record(store, name, doc)
     with pytest.raises(dk.CorruptDataError, match="digests"):
         dk.CheckpointChain(root, mode="r").restore(1)
+
+
+BASE_PROBE = """
+import json
+import deltackpt as dk
+from deltackpt.cli import main
+root = {root!r}
+chain = dk.CheckpointChain(root, mode="r")
+out = {{}}
+for what, call in [
+    ("restore", lambda: chain.restore(4)),
+    ("info", lambda: chain.info(4)),
+    ("stats", lambda: chain.stats()),
+]:
+    try:
+        call()
+        out[what] = "ok"
+    except dk.CorruptDataError as e:
+        out[what] = "corrupt: " + str(e)
+out["verify"] = chain.verify()
+out["cli_verify"] = main(["verify", root])
+out["cli_inspect"] = main(["inspect", root])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(
+    "base",
+    [["main", 4], ["main", 5]],  # itself; a later step (step 5's base is 4: a loop)
+    ids=["self", "loop"],
+)
+def test_forged_bases_never_hang(tmp_path: Path, base: list[Any]) -> None:
+    from conftest import run_limited
+
+    root = tmp_path / "c"
+    _chain(root, steps=6, anchor_every=2, keyframe_every=100)
+    store = LocalStore(root)
+    name = "records/main/000000000004.json"
+    _put_record(store, name, {**_record(store, name), "base": base})
+    out = run_limited(BASE_PROBE.format(root=str(root)), mem_mb=2048, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    for what in ("restore", "info", "stats"):
+        assert res[what].startswith("corrupt") and "base" in res[what], res
+    assert "main/4" in res["verify"]
+    assert res["cli_verify"] != 0
+
+
+def test_a_base_of_a_lower_level_is_corrupt(tmp_path: Path) -> None:
+    # anchor_every=2: step 2 is an anchor (level 1) over the keyframe; step 3 a level-0 step
+    # on step 2. Rebasing the anchor onto step 1 (level 0) breaks the level order.
+    root = tmp_path / "c"
+    _chain(root, steps=4, anchor_every=2, keyframe_every=100)
+    store = LocalStore(root)
+    name = "records/main/000000000002.json"
+    doc = _record(store, name)
+    assert doc["level"] == 1 and doc["base"] == ["main", 0]
+    _put_record(store, name, {**doc, "base": ["main", 1]})
+    reader = dk.CheckpointChain(root, mode="r")
+    with pytest.raises(dk.CorruptDataError, match="level"):
+        reader.restore(2)
+    assert "main/2" in reader.verify()

@@ -32,6 +32,8 @@ RECORD_VERSION = 2  # 2: records list the digests of their data files
 RECORD_VERSIONS = (1, 2)  # what this code reads
 CHAIN_FILE = "chain.json"
 KEYFRAME_LEVEL = 1 << 20  # above every anchor level: a keyframe drops every reference
+MAX_DEPTH = 1 << 16  # records a walk along bases may visit (with checked bases, a bound)
+KINDS = ("keyframe", "anchor", "step")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 _GROUP = ".grp"
 
@@ -220,6 +222,8 @@ class Record:
                 f"{RECORD_VERSIONS}: upgrade it"
             )
         base = d["base"]
+        if d["kind"] not in KINDS or not 0 <= int(d["level"]) <= KEYFRAME_LEVEL:
+            raise CorruptDataError(f"record: kind {d['kind']!r} / level {d['level']!r}")
         return Record(
             branch=str(d["branch"]),
             step=int(d["step"]),
@@ -329,6 +333,25 @@ class Records:
                 raise CorruptDataError(f"{name}: record names {rec.rid}")
             self._records[rid] = rec
         return rec
+
+    def base(self, rec: Record) -> Record | None:
+        """The record ``rec`` is coded against (None for a keyframe), checked: an earlier step
+        of a level at least ``rec``'s. Steps strictly fall along bases, so no walk along them
+        can cycle; a forged self-base or loop is corrupt data, never a hang."""
+        if rec.base is None:
+            return None
+        where = f"{record_name(*rec.rid)}: base {rec.base[0]}/{rec.base[1]}"
+        if rec.kind == "keyframe":
+            raise CorruptDataError(f"{where}: a keyframe has no base")
+        if rec.base[1] >= rec.step:
+            raise CorruptDataError(f"{where} is not an earlier step (a forged or looping base)")
+        try:
+            base = self.record(rec.base)
+        except FileNotFoundError as e:
+            raise CorruptDataError(f"{where} is missing: the record was deleted or lost") from e
+        if base.level < rec.level:
+            raise CorruptDataError(f"{where} has level {base.level} below its own {rec.level}")
+        return base
 
     def known(self, rid: RecId) -> bool:
         """The record is committed (or was, in this process, and is still cached)."""

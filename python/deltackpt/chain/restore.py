@@ -18,8 +18,8 @@ from typing import Any
 
 from ..errors import CorruptDataError, DeltackptError
 from .blobs import FileCache, Link, apply_delta, checked, exact_value
-from .lockstep import MAX_DEPTH, decode_lockstep, needs_lockstep
-from .records import RecId, Record, Records, Schema
+from .lockstep import decode_lockstep, needs_lockstep
+from .records import MAX_DEPTH, RecId, Record, Records, Schema
 from .snapshot import rebuild
 
 
@@ -36,9 +36,11 @@ def base_chain(records: Records, rec: Record, path: str) -> list[Link]:
             raise CorruptDataError(f"tensor {path}: missing in base record {cur.rid}")
         entry = cur.entries[i]
         links.append((cur, entry, bool(sch.tensors[i].get("nonneg"))))
-        if entry[0] != "delta" or len(links) > MAX_DEPTH:
+        if entry[0] != "delta":
             return links
-        cur = records.record(cur.base) if cur.base is not None else None
+        if len(links) > MAX_DEPTH:
+            raise CorruptDataError(f"tensor {path}: a base chain deeper than {MAX_DEPTH}")
+        cur = records.base(cur)
 
 
 def decode_one(records: Records, rec: Record, meta: dict[str, Any], cache: FileCache) -> Any:

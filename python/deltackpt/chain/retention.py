@@ -41,9 +41,9 @@ def live_closure(records: Records, roots: set[RecId]) -> set[RecId]:
         if rid in live:
             continue
         live.add(rid)
-        base = records.record(rid).base
+        base = records.base(records.record(rid))
         if base is not None:
-            todo.append(base)
+            todo.append(base.rid)
     return live
 
 
