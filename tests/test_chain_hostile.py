@@ -143,3 +143,72 @@ def test_a_base_of_a_lower_level_is_corrupt(tmp_path: Path) -> None:
     with pytest.raises(dk.CorruptDataError, match="level"):
         reader.restore(2)
     assert "main/2" in reader.verify()
+
+
+def _forge(store: LocalStore, name: str, payload: bytes) -> None:
+    """Write ``payload`` as ``name`` with a valid frame, as a forger would."""
+    store.write(name, payload)
+
+
+PARSE_PROBE = """
+import json
+import deltackpt as dk
+chain = dk.CheckpointChain({root!r}, mode="r")
+try:
+    chain.restore(2)
+    print("restored")
+except dk.CorruptDataError as e:
+    print("corrupt", e)
+print(json.dumps(chain.verify()))
+"""
+
+
+def _probe_forged_record(tmp_path: Path, payload: bytes) -> list[str]:
+    from conftest import run_limited
+
+    root = tmp_path / "c"
+    _chain(root, steps=3)
+    _forge(LocalStore(root), "records/main/000000000002.json", payload)
+    out = run_limited(PARSE_PROBE.format(root=str(root)), mem_mb=1024, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("corrupt"), lines
+    assert "main/2" in json.loads(lines[1])
+    return lines
+
+
+def test_a_record_with_ten_million_files_is_corrupt(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    _chain(root, steps=3)
+    doc = _record(LocalStore(root), "records/main/000000000002.json")
+    forged = zlib.compress(json.dumps({**doc, "nfiles": 10**7}).encode())
+    assert len(forged) < 4096
+    lines = _probe_forged_record(tmp_path, forged)
+    assert "data files" in lines[0]
+
+
+def test_a_zlib_bomb_record_is_corrupt(tmp_path: Path) -> None:
+    # ~300 KB inflating to 300 MiB: refused at the record size limit, not inflated.
+    bomb = zlib.compress(b'{"format": "deltackpt-chain", "pad": "' + b" " * (300 << 20), 9)
+    lines = _probe_forged_record(tmp_path, bomb)
+    assert "inflates beyond" in lines[0]
+
+
+def test_json_nested_100000_deep_is_corrupt(tmp_path: Path) -> None:
+    deep = zlib.compress(b"[" * 100_000 + b"]" * 100_000)
+    _probe_forged_record(tmp_path, deep)
+
+
+def test_a_state_nested_deeper_than_readers_parse_is_refused_before_writing(
+    tmp_path: Path,
+) -> None:
+    state: Any = {"w": torch.ones(4)}
+    for _ in range(300):
+        state = {"x": state}
+    root = tmp_path / "c"
+    with dk.CheckpointChain(root) as chain:
+        with pytest.raises(dk.InvalidArgumentError, match="nested"):
+            chain.save(0, state)
+        assert not [p for p in root.rglob("*") if p.is_file() and "data" in p.parts]
+        chain.save(0, {"w": torch.ones(4)})
+    assert dk.CheckpointChain(root, mode="r").restore(0)["w"].tolist() == [1.0] * 4

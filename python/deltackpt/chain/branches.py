@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..store import Store
-from .records import RecId, check_name, own_steps, read_json, record_name, write_json
+from .parsing import check_name
+from .records import RecId, own_steps, read_json, record_name, write_json
 
 DEFAULT_BRANCH = "main"
 HEAD_FILE = "HEAD.json"

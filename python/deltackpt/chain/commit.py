@@ -21,11 +21,12 @@ import numpy as np
 from .._api import encode
 from .._api import inspect as inspect_blob
 from .._core import checksum128
-from ..errors import NonFiniteError
+from ..errors import InvalidArgumentError, NonFiniteError
 from ..store import Store
 from .branches import history
 from .config import ChainConfig
 from .groups import Group, Spec, encode_group, f32_down, rel_tolerance
+from .parsing import MAX_RECORD_BYTES, check_nesting
 from .policy import (
     Budget,
     Plan,
@@ -43,6 +44,7 @@ from .records import (
     blob_name,
     data_dir,
     data_prefix,
+    dumps,
     group_name,
 )
 from .references import Level, OutputBuffers, References
@@ -281,6 +283,7 @@ def commit(
 
     ``replace`` rewrites that step's record as an exact keyframe (a branch point).
     """
+    check_readable(snap)
     if refs.stale:  # a failed save had started updating references in place
         refs.rebuild(records, history(records.store, branch), cfg.threads)
     if not exact:
@@ -311,6 +314,18 @@ def commit(
                 records.store.delete(name)
     refs.advance(Level(plan.level, rec.rid, coded.recon, coded.meta), snap)
     return rec
+
+
+def check_readable(snap: Snapshot) -> None:
+    """Refuse, before anything is written, a state the chain's readers would refuse: nested
+    deeper than they parse, or with more plain values than a record holds."""
+    check_nesting([snap.tree, snap.values], "the state", InvalidArgumentError)
+    size = len(dumps(snap.values))
+    if size > MAX_RECORD_BYTES // 2:
+        raise InvalidArgumentError(
+            f"the state's plain (non-tensor) values take {size} bytes of JSON, more than a "
+            f"record holds ({MAX_RECORD_BYTES // 2}): store large data as tensors"
+        )
 
 
 def _plan(records: Records, refs: References, cfg: ChainConfig, step: int, exact: bool) -> Plan:

@@ -18,12 +18,12 @@ from ..store import Store, open_store
 from . import branches, inspect, retention
 from .commit import commit
 from .config import ChainConfig
+from .parsing import check_name
 from .records import (
     CHAIN_FILE,
     RecId,
     Records,
     check_chain_file,
-    check_name,
     read_json,
     write_chain_file,
 )

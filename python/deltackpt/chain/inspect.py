@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import CorruptDataError, DeltackptError
+from ..errors import CorruptDataError
 from .records import MAX_DEPTH, RecId, Record, Records, all_records, read_data, record_name
 from .restore import restore_state
 
@@ -64,20 +64,29 @@ def stored_bytes(records: Records, rec: Record) -> int:
 
 
 def verify(records: Records, threads: int, decode_all: bool) -> dict[str, str]:
-    """``{"branch/step": error}`` for every committed record that does not check out."""
+    """``{"branch/step": error}`` for every committed record that does not check out
+    (``"chain"`` when the records cannot even be listed). Never raises: it reports."""
     bad: dict[str, str] = {}
-    for rid in sorted(all_records(records.store), key=lambda r: (r[0], r[1])):
+    try:
+        rids = sorted(all_records(records.store), key=lambda r: (r[0], r[1]))
+    except Exception as e:  # noqa: BLE001 - verify reports whatever is wrong
+        return {"chain": f"{type(e).__name__}: {e}"}
+    for rid in rids:
         try:
-            rec = records.record(rid)
-            records.schema(rec.schema)
-            for i in range(len(rec.files)):
-                read_data(records.store, rec, i)
-            records.base(rec)
-            if decode_all:
-                restore_state(records, rid, threads)
-        except (DeltackptError, OSError) as e:
+            _verify_record(records, rid, threads, decode_all)
+        except Exception as e:  # noqa: BLE001 - verify reports whatever is wrong
             bad[f"{rid[0]}/{rid[1]}"] = f"{type(e).__name__}: {e}"
     return bad
+
+
+def _verify_record(records: Records, rid: RecId, threads: int, decode_all: bool) -> None:
+    rec = records.record(rid)
+    records.schema(rec.schema)
+    for i in range(len(rec.files)):
+        read_data(records.store, rec, i)
+    records.base(rec)
+    if decode_all:
+        restore_state(records, rid, threads)
 
 
 def stats(records: Records) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from ..errors import CorruptDataError, UnsupportedError
 from ..store import HEADER, Store, unframe
 from .config import ChainConfig
 from .groups import Group
+from .parsing import MAX_RECORD_BYTES, MAX_SCHEMA_BYTES, MAX_SMALL_JSON, inflate, loads
 from .snapshot import Snapshot
 
 FORMAT = "deltackpt-chain"
@@ -34,17 +34,9 @@ CHAIN_FILE = "chain.json"
 KEYFRAME_LEVEL = 1 << 20  # above every anchor level: a keyframe drops every reference
 MAX_DEPTH = 1 << 16  # records a walk along bases may visit (with checked bases, a bound)
 KINDS = ("keyframe", "anchor", "step")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 _GROUP = ".grp"
 
 RecId = tuple[str, int]  # (branch holding the record, step)
-
-
-def check_name(name: str, what: str) -> str:
-    """A branch or branch point name is safe as a file name, or ValueError."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"invalid {what} name {name!r}: use letters, digits and ._@+-")
-    return name
 
 
 # --------------------------------------------------------------------------- JSON files
@@ -55,12 +47,9 @@ def dumps(obj: Any) -> bytes:
 
 
 def read_json(store: Store, name: str) -> Any:
-    """A framed JSON file; malformed JSON is corrupt data."""
-    raw = store.read(name)
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise CorruptDataError(f"{name}: {e}") from e
+    """A small framed JSON file (chain.json, HEAD, branches, points); malformed, oversized or
+    too deeply nested JSON is corrupt data."""
+    return loads(store.read(name), name, MAX_SMALL_JSON)
 
 
 def write_json(store: Store, name: str, obj: Any) -> None:
@@ -234,14 +223,23 @@ class Record:
             schema=str(d["schema"]),
             values=list(d["values"]),
             entries=[list(e) for e in d["entries"]],
-            files=file_names(str(d["prefix"]), int(d["nfiles"])),
+            files=file_names(str(d["prefix"]), _nfiles(d)),
             bits=int(d["bits"]),
             raw_bytes=int(d["raw_bytes"]),
             time=float(d["time"]),
             errors=_errors(d.get("errors"), len(d["entries"])),
             groups=[Group.from_json(g) for g in d["groups"]] if d.get("groups") else None,
-            digests=_digests(d, int(d["nfiles"])),
+            digests=_digests(d, _nfiles(d)),
         )
+
+
+def _nfiles(d: dict[str, Any]) -> int:
+    """The record's file count: the group file and at most one file per tensor entry (a
+    forged count cannot ask for millions of names)."""
+    n = int(d["nfiles"])
+    if not 1 <= n <= len(d["entries"]) + 1:
+        raise CorruptDataError(f"record: {n} data files for {len(d['entries'])} tensors")
+    return n
 
 
 def _digests(d: dict[str, Any], n: int) -> list[str] | None:
@@ -325,9 +323,10 @@ class Records:
         if rec is None:
             name = record_name(*rid)
             try:
-                raw = zlib.decompress(self.store.read(name))
-                rec = Record.from_json(json.loads(raw))
-            except (zlib.error, ValueError, KeyError, TypeError, IndexError) as e:
+                rec = Record.from_json(
+                    loads(inflate(self.store.read(name), name), name, MAX_RECORD_BYTES)
+                )
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
                 raise CorruptDataError(f"{name}: {e}") from e
             if rec.rid != rid:
                 raise CorruptDataError(f"{name}: record names {rec.rid}")
@@ -377,9 +376,9 @@ class Records:
             if hashlib.blake2b(raw, digest_size=16).hexdigest() != digest:
                 raise CorruptDataError(f"{name}: content does not match its name")
             try:
-                d = json.loads(raw)
+                d = loads(raw, name, MAX_SCHEMA_BYTES)
                 sch = Schema(d["tree"], d["tensors"])
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise CorruptDataError(f"{name}: {e}") from e
             self._schemas[digest] = sch
         return sch
