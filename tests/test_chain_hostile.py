@@ -212,3 +212,68 @@ def test_a_state_nested_deeper_than_readers_parse_is_refused_before_writing(
         assert not [p for p in root.rglob("*") if p.is_file() and "data" in p.parts]
         chain.save(0, {"w": torch.ones(4)})
     assert dk.CheckpointChain(root, mode="r").restore(0)["w"].tolist() == [1.0] * 4
+
+
+def _outside_files(tmp_path: Path, root: Path) -> list[Path]:
+    return [p for p in tmp_path.rglob("*") if root not in p.parents and p != root]
+
+
+def test_a_forged_head_branch_never_leaves_the_chain_directory(tmp_path: Path) -> None:
+    root = tmp_path / "deep" / "er" / "c"
+    _chain(root, steps=2)
+    before = _outside_files(tmp_path, root)
+    LocalStore(root).write("HEAD.json", json.dumps({"branch": "../../../../x/evil"}).encode())
+    with pytest.raises(dk.CorruptDataError, match="HEAD.json"):
+        dk.CheckpointChain(root, mode="r").restore()
+    with pytest.raises(dk.CorruptDataError, match="HEAD.json"):
+        dk.CheckpointChain(root).save(5, _state(5))
+    assert _outside_files(tmp_path, root) == before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"base": ["../../../x", 0]},
+        {"prefix": "data/../../../etc/x"},
+        {"schema": "../../../../etc/passwd"},
+        {"branch": "../main"},
+    ],
+    ids=["base", "prefix", "schema", "branch"],
+)
+def test_forged_names_in_records_are_corrupt(tmp_path: Path, change: dict[str, Any]) -> None:
+    root = tmp_path / "c"
+    _chain(root, steps=2)
+    store = LocalStore(root)
+    name = "records/main/000000000001.json"
+    _put_record(store, name, {**_record(store, name), **change})
+    with pytest.raises(dk.CorruptDataError):
+        dk.CheckpointChain(root, mode="r").restore(1)
+
+
+def test_forged_branch_and_point_files_are_corrupt(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _chain(root, steps=2)
+    store = LocalStore(root)
+    store.write(
+        "branches/main.json",
+        json.dumps({"name": "main", "parent": {"branch": "/etc", "step": 0}}).encode(),
+    )
+    with pytest.raises(dk.CorruptDataError):
+        dk.CheckpointChain(root, mode="r").restore(1)
+
+
+def test_the_local_store_refuses_paths_that_leave_it(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _chain(root, steps=1)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"x")
+    store = LocalStore(root)
+    for name in ["../secret.bin", "/etc/passwd", "data//x", "data/./x"]:
+        with pytest.raises(dk.CorruptDataError):
+            store.read_raw(name)
+    (root / "data" / "link").symlink_to(secret)
+    with pytest.raises(dk.CorruptDataError, match="symlink"):
+        store.read_raw("data/link")
+    with pytest.raises(dk.CorruptDataError, match="symlink"):
+        store.write("data/link", b"y")
+    assert secret.read_bytes() == b"x"

@@ -215,9 +215,21 @@ class LocalStore(Store):
         self.root = os.path.abspath(os.fspath(root))
         self.url = self.root
         self._token: str | None = None
+        self._real_root = os.path.realpath(self.root)
 
     def _path(self, name: str) -> str:
-        return os.path.join(self.root, *name.split("/"))
+        """The file of ``name``, which must stay inside the chain directory: no absolute name,
+        no ``..`` or empty component, no symlink leading out (names may come from files)."""
+        parts = name.split("/")
+        if not name or any(p in ("", ".", "..") or os.sep in p or "\0" in p for p in parts):
+            raise CorruptDataError(
+                f"refusing the path {name!r}: it would leave the chain directory"
+            )
+        path = os.path.join(self.root, *parts)
+        real = os.path.realpath(path)
+        if real != self._real_root and not real.startswith(self._real_root + os.sep):
+            raise CorruptDataError(f"refusing {name!r}: a symlink leads out of the chain directory")
+        return path
 
     def _fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY)

@@ -23,7 +23,15 @@ from ..errors import CorruptDataError, UnsupportedError
 from ..store import HEADER, Store, unframe
 from .config import ChainConfig
 from .groups import Group
-from .parsing import MAX_RECORD_BYTES, MAX_SCHEMA_BYTES, MAX_SMALL_JSON, inflate, loads
+from .parsing import (
+    MAX_RECORD_BYTES,
+    MAX_SCHEMA_BYTES,
+    MAX_SMALL_JSON,
+    NAME_RE,
+    disk_name,
+    inflate,
+    loads,
+)
 from .snapshot import Snapshot
 
 FORMAT = "deltackpt-chain"
@@ -106,7 +114,8 @@ def parse_record_name(name: str) -> RecId | None:
     """(branch, step) of a ``records/<branch>/<step>.json`` name, or None for another file."""
     parts = name.split("/")
     step = _step_of(name)
-    return (parts[1], step) if len(parts) == 3 and step is not None else None
+    ok = len(parts) == 3 and step is not None and NAME_RE.match(parts[1])
+    return (parts[1], step) if ok and step is not None else None
 
 
 def all_records(store: Store) -> list[RecId]:
@@ -136,9 +145,17 @@ def blob_name(prefix: str, index: int) -> str:
 
 def file_names(prefix: str, n: int) -> list[str]:
     """Data files of a record: the group file, then one file per large tensor."""
-    if not prefix.startswith("data/") or ".." in prefix or n < 1:
-        raise CorruptDataError(f"bad data prefix {prefix!r}")
     return [group_name(prefix)] + [blob_name(prefix, i) for i in range(1, n)]
+
+
+def _prefix(d: dict[str, Any], branch: str, step: int) -> str:
+    """A record's data prefix, which must be its own: ``data/<branch>/<step>-<hex token>``."""
+    prefix = d["prefix"]
+    head = data_prefix(branch, step, "")
+    token = prefix[len(head) :] if isinstance(prefix, str) and prefix.startswith(head) else ""
+    if not (0 < len(token) <= 32 and all(c in "0123456789abcdef" for c in token)):
+        raise CorruptDataError(f"record {branch}/{step}: bad data prefix {prefix!r}")
+    return prefix
 
 
 def schema_name(digest: str) -> str:
@@ -210,20 +227,25 @@ class Record:
                 f"chain record version {d.get('version')}; this deltackpt reads versions "
                 f"{RECORD_VERSIONS}: upgrade it"
             )
-        base = d["base"]
+        branch = disk_name(d["branch"], "branch", "record")
+        step, base = int(d["step"]), d["base"]
+        if base is not None:
+            base = (disk_name(base[0], "base branch", "record"), int(base[1]))
+        if not _is_digest(d["schema"]):
+            raise CorruptDataError(f"record: malformed schema name {d['schema']!r}")
         if d["kind"] not in KINDS or not 0 <= int(d["level"]) <= KEYFRAME_LEVEL:
             raise CorruptDataError(f"record: kind {d['kind']!r} / level {d['level']!r}")
         return Record(
-            branch=str(d["branch"]),
-            step=int(d["step"]),
+            branch=branch,
+            step=step,
             kind=str(d["kind"]),
             level=int(d["level"]),
             ordinal=int(d["ordinal"]),
-            base=(str(base[0]), int(base[1])) if base else None,
+            base=base,
             schema=str(d["schema"]),
             values=list(d["values"]),
             entries=[list(e) for e in d["entries"]],
-            files=file_names(str(d["prefix"]), _nfiles(d)),
+            files=file_names(_prefix(d, branch, step), _nfiles(d)),
             bits=int(d["bits"]),
             raw_bytes=int(d["raw_bytes"]),
             time=float(d["time"]),
