@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -277,3 +278,48 @@ def test_the_local_store_refuses_paths_that_leave_it(tmp_path: Path) -> None:
     with pytest.raises(dk.CorruptDataError, match="symlink"):
         store.write("data/link", b"y")
     assert secret.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array(["a", "bc"]),
+        np.array([object(), 1], dtype=object),
+        np.zeros(3, dtype=[("a", "i4"), ("b", "f4")]),
+        torch.quantize_per_tensor(torch.ones(4), 0.1, 3, torch.qint8),
+        torch.empty(4, device="meta"),
+        torch.eye(3).to_sparse(),
+    ],
+    ids=["str", "object", "structured", "qint8", "meta", "sparse"],
+)
+def test_save_refuses_what_it_cannot_restore_before_writing(tmp_path: Path, value: Any) -> None:
+    root = tmp_path / "c"
+    with dk.CheckpointChain(root) as chain:
+        with pytest.raises(dk.InvalidArgumentError, match="cannot store"):
+            chain.save(0, {"w": torch.ones(4), "bad": value})
+        assert not (root / "data").exists() and not (root / "records").exists()
+        chain.save(0, {"w": torch.ones(4)})
+
+
+def test_big_endian_arrays_come_back_equal(tmp_path: Path) -> None:
+    x = np.arange(6, dtype=">i4")
+    root = tmp_path / "c"
+    with dk.CheckpointChain(root) as chain:
+        chain.save(0, {"x": x})
+    assert dk.CheckpointChain(root, mode="r").restore(0)["x"].tolist() == x.tolist()
+
+
+@pytest.mark.parametrize("bits", [-1, 256, 2.5])
+def test_bad_bits_are_typed(bits: Any) -> None:
+    with pytest.raises(dk.InvalidArgumentError, match="bits"):
+        dk.encode(np.ones(100, np.float32), bits=bits)
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_decode_takes_bytearray_and_memoryview(kind: Any) -> None:
+    x = np.linspace(0, 1, 100, dtype=np.float32)
+    blob = kind(dk.encode(x, quantizer="none"))
+    assert dk.decode(blob).tolist() == x.tolist()
+    assert dk.inspect(blob)["shape"] == [100]
+    with pytest.raises(dk.InvalidArgumentError):
+        dk.decode("not a blob")

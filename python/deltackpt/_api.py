@@ -69,7 +69,7 @@ def encode(
     without a decode pass); it may be ``reference`` itself, then updated in place.
     """
     bound, bound_value, scale = _bound(tolerance, rel_error, rel_tolerance, second_moment)
-    quantizer = _quantizer(quantizer, bound)
+    quantizer = _quantizer(quantizer, bound, bits)
     raw, ref, moment, out, in_place = _buffers(x, reference, scale, reconstruction)
     return _core.encode(
         raw.data,
@@ -96,8 +96,10 @@ def encode(
     )
 
 
-def _quantizer(quantizer: str | None, bound: str | None) -> str:
+def _quantizer(quantizer: str | None, bound: str | None, bits: Any) -> str:
     """The quantizer of an encode: ``bounded`` exactly when an error bound is given."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= 8:
+        raise InvalidArgumentError(f"bits must be an integer in 1..8 (0 for none), not {bits!r}")
     if quantizer is None:
         return "exponent" if bound is None else "bounded"
     if bound is not None and quantizer != "bounded":
@@ -219,6 +221,7 @@ def decode(
     ``second_moment``: the ``v`` a blob was bounded against (``tolerance=, second_moment=``);
     ``tolerance``: the per-element tolerances of a blob encoded with ``tolerance=<array>``.
     """
+    blob = _blob_bytes(blob)
     ref = None if reference is None else to_raw(reference, "reference")
     scale = second_moment if tolerance is None else tolerance
     moment = None if scale is None else to_raw(scale, "second_moment").data
@@ -245,4 +248,15 @@ def decode(
 
 def inspect(blob: bytes) -> dict[str, Any]:
     """The blob's header: dtype, shape, quantizer, coder, bits, table, sizes (checksum verified)."""
-    return dict(_core.inspect(blob))
+    return dict(_core.inspect(_blob_bytes(blob)))
+
+
+def _blob_bytes(blob: Any) -> bytes:
+    """A blob as ``bytes``: bytearray and memoryview are copied, anything else refused."""
+    if isinstance(blob, bytes):
+        return blob
+    if isinstance(blob, (bytearray, memoryview)):
+        return bytes(blob)
+    raise InvalidArgumentError(
+        f"a blob is bytes, bytearray or memoryview, not {type(blob).__name__}"
+    )
