@@ -323,3 +323,66 @@ def test_decode_takes_bytearray_and_memoryview(kind: Any) -> None:
     assert dk.inspect(blob)["shape"] == [100]
     with pytest.raises(dk.InvalidArgumentError):
         dk.decode("not a blob")
+
+
+def _rolled_back_chain(root: Path) -> None:
+    """main: steps 0-4 with a branch point at 2; HEAD then moves to p.1, which saves 3."""
+    with dk.CheckpointChain(root) as chain:
+        for s in range(3):
+            chain.save(s, _state(s))
+        chain.branch_point("p")
+        for s in (3, 4):
+            chain.save(s, _state(s))
+        chain.rollback("p")
+        chain.save(3, _state(30))
+
+
+def test_a_lost_head_is_reported_and_the_writer_keeps_the_logged_branch(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _rolled_back_chain(root)
+    (root / "HEAD.json").unlink()
+    reader = dk.CheckpointChain(root, mode="r")
+    assert "HEAD.json" in reader.verify()["log"]
+    assert reader.branch == "p.1" and reader.restore()["i"].tolist() == [30, 31, 32]
+    with dk.CheckpointChain(root) as writer:  # not main, the rolled-back (poisoned) branch
+        assert writer.branch == "p.1"
+        writer.save(4, _state(40))
+    assert dk.CheckpointChain(root, mode="r").verify() == {}
+
+
+def test_an_old_head_put_back_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _rolled_back_chain(root)
+    LocalStore(root).write("HEAD.json", json.dumps({"branch": "main"}).encode())
+    with pytest.raises(dk.CorruptDataError, match="commit log"):
+        dk.CheckpointChain(root)
+    reader = dk.CheckpointChain(root, mode="r")
+    assert "commit log" in reader.verify()["log"]
+    with pytest.raises(dk.CorruptDataError, match="commit log"):
+        reader.restore()
+    assert reader.restore(branch="p.1")["i"].tolist() == [30, 31, 32]
+
+
+@pytest.mark.parametrize(
+    "lost", ["records/p.1/000000000003.json", "branches/p.1.json"], ids=["record", "branch"]
+)
+def test_a_lost_newest_record_or_branch_file_is_detected(tmp_path: Path, lost: str) -> None:
+    root = tmp_path / "c"
+    _rolled_back_chain(root)
+    (root / lost).unlink()
+    assert lost in dk.CheckpointChain(root, mode="r").verify()["log"]
+    with pytest.raises(dk.CorruptDataError, match="lost committed files"):
+        dk.CheckpointChain(root)
+
+
+def test_an_interrupted_save_is_adopted_not_reported(tmp_path: Path) -> None:
+    # Killed between the record's rename (the commit) and its log entry: the save stands.
+    root = tmp_path / "c"
+    _chain(root, steps=3)
+    log = sorted((root / "log").iterdir())
+    log[-1].unlink()
+    assert dk.CheckpointChain(root, mode="r").verify() == {}
+    with dk.CheckpointChain(root) as chain:
+        assert chain.latest_step() == 2
+        chain.save(3, _state(3))
+    assert dk.CheckpointChain(root, mode="r").verify() == {}

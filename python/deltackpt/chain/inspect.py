@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from ..errors import CorruptDataError
+from . import commitlog
 from .records import MAX_DEPTH, RecId, Record, Records, all_records, read_data, record_name
 from .restore import restore_state
 
@@ -76,6 +77,13 @@ def verify(records: Records, threads: int, decode_all: bool) -> dict[str, str]:
             _verify_record(records, rid, threads, decode_all)
         except Exception as e:  # noqa: BLE001 - verify reports whatever is wrong
             bad[f"{rid[0]}/{rid[1]}"] = f"{type(e).__name__}: {e}"
+    try:
+        lost = commitlog.problems(records.store)
+        commitlog.head(records.store)
+    except Exception as e:  # noqa: BLE001 - verify reports whatever is wrong
+        lost = [f"{type(e).__name__}: {e}"]
+    if lost:
+        bad["log"] = "; ".join(lost)
     return bad
 
 
