@@ -386,3 +386,70 @@ def test_an_interrupted_save_is_adopted_not_reported(tmp_path: Path) -> None:
         assert chain.latest_step() == 2
         chain.save(3, _state(3))
     assert dk.CheckpointChain(root, mode="r").verify() == {}
+
+
+def test_a_step_retired_while_read_is_step_not_found(tmp_path: Path, monkeypatch) -> None:
+    import deltackpt.chain.restore as restore_mod
+
+    root = tmp_path / "c"
+    writer = dk.CheckpointChain(root, max_to_keep=2, keyframe_every=1)
+    for s in range(3):
+        writer.save(s, _state(s))
+    reader = dk.CheckpointChain(root, mode="r")
+    assert reader.steps() == [1, 2]
+    decode = restore_mod.decode_tensors
+
+    def racing(*args: Any, **kw: Any) -> Any:  # retention runs between resolve and read
+        writer.save(3, _state(3))
+        monkeypatch.setattr(restore_mod, "decode_tensors", decode)
+        return decode(*args, **kw)
+
+    monkeypatch.setattr(restore_mod, "decode_tensors", racing)
+    with pytest.raises(dk.StepNotFoundError, match="retired") as err:
+        reader.restore(1)
+    assert isinstance(err.value, KeyError) and not isinstance(err.value, dk.CorruptDataError)
+    writer.close()
+    with pytest.raises(dk.StepNotFoundError):
+        reader.restore(1)  # and afterwards, simply not there
+
+
+READER_LOOP = """
+import time, torch
+import deltackpt as dk
+chain = dk.CheckpointChain({root!r}, mode="r")
+ok = gone = corrupt = 0
+end = time.time() + 6
+while time.time() < end:
+    try:
+        steps = chain.steps()
+        chain.restore(steps[0])
+        ok += 1
+    except dk.StepNotFoundError:
+        gone += 1
+    except dk.CorruptDataError as e:
+        corrupt += 1
+        print("corrupt:", e)
+print(ok, gone, corrupt)
+"""
+
+
+def test_readers_beside_retention_never_see_corrupt_data(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import _PY
+
+    root = tmp_path / "c"
+    writer = dk.CheckpointChain(root, max_to_keep=2, keyframe_every=1)
+    writer.save(0, _state(0))
+    code = f"import sys; sys.path.insert(0, {_PY!r})\n" + READER_LOOP.format(root=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    step = 1
+    while proc.poll() is None:
+        writer.save(step, _state(step))
+        step += 1
+    writer.close()
+    out = proc.stdout.read().strip().splitlines() if proc.stdout else []
+    ok, gone, corrupt = map(int, out[-1].split())
+    assert corrupt == 0, out[:5]
+    assert ok > 0 and step > 20

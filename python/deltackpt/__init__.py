@@ -19,6 +19,7 @@ from .errors import (
     InvalidArgumentError,
     NonFiniteError,
     ReferenceMismatchError,
+    StepNotFoundError,
     UnsupportedError,
 )
 from .store import LockedError
@@ -37,6 +38,7 @@ __all__ = [
     "ReferenceMismatchError",
     "InvalidArgumentError",
     "InternalError",
+    "StepNotFoundError",
     "CheckpointChain",
     "LockedError",
 ]

@@ -10,6 +10,7 @@ __all__ = [
     "ReferenceMismatchError",
     "InvalidArgumentError",
     "InternalError",
+    "StepNotFoundError",
 ]
 
 
@@ -39,3 +40,11 @@ class InvalidArgumentError(DeltackptError, ValueError):
 
 class InternalError(DeltackptError, RuntimeError):
     """The core failed (a bug, or no worker thread could start); nothing was returned."""
+
+
+class StepNotFoundError(DeltackptError, KeyError):
+    """The step is not (or no longer) in the chain: never saved, or retired by retention
+    (``max_to_keep``) or replaced while it was being read. Nothing is wrong with the data."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

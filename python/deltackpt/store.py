@@ -235,6 +235,10 @@ class LocalStore(Store):
         self._token: str | None = None
         self._held: int | None = None  # the descriptor holding flock(LOCK.guard)
         self._real_root = os.path.realpath(self.root)
+        self._inside: set[str] = set()  # folders whose real path is inside the chain
+
+    def _is_inside(self, real: str) -> bool:
+        return real == self._real_root or real.startswith(self._real_root + os.sep)
 
     def _path(self, name: str) -> str:
         """The file of ``name``, which must stay inside the chain directory: no absolute name,
@@ -245,8 +249,14 @@ class LocalStore(Store):
                 f"refusing the path {name!r}: it would leave the chain directory"
             )
         path = os.path.join(self.root, *parts)
-        real = os.path.realpath(path)
-        if real != self._real_root and not real.startswith(self._real_root + os.sep):
+        folder = os.path.dirname(path)
+        if folder not in self._inside:  # one realpath per folder, then one lstat per file
+            if not self._is_inside(os.path.realpath(folder)):
+                raise CorruptDataError(
+                    f"refusing {name!r}: a symlink leads out of the chain directory"
+                )
+            self._inside.add(folder)
+        if os.path.islink(path) and not self._is_inside(os.path.realpath(path)):
             raise CorruptDataError(f"refusing {name!r}: a symlink leads out of the chain directory")
         return path
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, StepNotFoundError
 from ..store import Store
 from .parsing import NAME_RE, check_name, disk_name
 from .records import RecId, own_steps, read_json, record_name, write_json
@@ -95,13 +95,15 @@ def resolve(store: Store, branch: str, step: int | None) -> RecId:
     """The record holding ``step`` (the latest if None) as ``branch`` sees it."""
     hist = history(store, branch)
     if not hist:
-        raise KeyError(f"branch {branch!r} has no saved step")
+        raise StepNotFoundError(f"branch {branch!r} has no saved step")
     if step is None:
         return hist[-1]
     for rid in reversed(hist):
         if rid[1] == step:
             return rid
-    raise KeyError(f"step {step} is not in branch {branch!r}")
+    raise StepNotFoundError(
+        f"step {step} is not in branch {branch!r} (never saved, or retired by max_to_keep)"
+    )
 
 
 def read_points(store: Store) -> dict[str, RecId]:

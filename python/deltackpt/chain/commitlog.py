@@ -22,10 +22,11 @@ from ..errors import CorruptDataError
 from ..store import Store
 from .branches import DEFAULT_BRANCH, HEAD_FILE, branch_file, branch_names, write_head
 from .parsing import disk_name
-from .records import listed_steps, own_steps, read_json, record_name, write_json
+from .records import dumps, listed_steps, own_steps, read_json, record_name
 
 LOG_DIR = "log"
-KEEP = 2
+KEEP = 2  # entries read back
+PRUNE_ABOVE = 16  # entries on disk before the old ones are deleted (one unlink per 14 saves)
 
 
 def _name(seq: int) -> str:
@@ -71,13 +72,16 @@ def disk_state(store: Store) -> dict[str, Any]:
 
 
 def append(store: Store, op: str, state: dict[str, Any]) -> None:
-    """Writer only: log ``state`` (``head``, ``tips``) as the next entry; drop old ones."""
+    """Writer only: log ``state`` (``head``, ``tips``) as the next entry; drop old ones. A
+    save's entry needs no directory fsync (lost in a crash, the save is adopted on the next
+    open); a HEAD move's does (it must be durable before ``HEAD.json`` moves)."""
     seqs = listed_steps(store, LOG_DIR)
     seq = seqs[-1] + 1 if seqs else 1
     doc = {"seq": seq, "op": op, "time": time.time(), **state}
-    write_json(store, _name(seq), doc)
-    for old in seqs[: max(0, len(seqs) + 1 - KEEP)]:
-        store.delete(_name(old))
+    store.write(_name(seq), dumps(doc), sync_dir=op != "save")
+    if len(seqs) + 1 > PRUNE_ABOVE:
+        for old in seqs[: len(seqs) + 1 - KEEP]:
+            store.delete(_name(old))
 
 
 def after(store: Store, op: str, **changes: Any) -> None:
@@ -115,8 +119,9 @@ def head(store: Store) -> str:
 
 
 def problems(store: Store) -> list[str]:
-    """What the latest log entry says exists and is missing (empty: nothing lost)."""
-    log = entries(store)
+    """What the latest log entry says exists and is missing (empty: nothing lost); every
+    kept entry is read, so a damaged old one is reported too."""
+    log = [_entry(store, s) for s in listed_steps(store, LOG_DIR)]
     if not log:
         return []
     last, out = log[-1], []
