@@ -453,3 +453,21 @@ def test_readers_beside_retention_never_see_corrupt_data(tmp_path: Path) -> None
     ok, gone, corrupt = map(int, out[-1].split())
     assert corrupt == 0, out[:5]
     assert ok > 0 and step > 20
+
+
+def test_a_damaged_old_record_does_not_stop_the_writer(tmp_path: Path) -> None:
+    # keyframe_every=2: step 3 needs only the keyframe at 2; a flipped bit in step 0's record
+    # must not stop the writer, nor make it delete step 0's data (verify reports it).
+    root = tmp_path / "c"
+    _chain(root, steps=4, keyframe_every=2)
+    rec = root / "records" / "main" / f"{0:012d}.json"
+    raw = bytearray(rec.read_bytes())
+    raw[-1] ^= 1
+    rec.write_bytes(bytes(raw))
+    data = sorted((root / "data" / "main").glob(f"{0:012d}-*"))
+    with dk.CheckpointChain(root, keyframe_every=2) as chain:
+        chain.save(4, _state(4))
+    assert sorted((root / "data" / "main").glob(f"{0:012d}-*")) == data and data
+    reader = dk.CheckpointChain(root, mode="r")
+    assert list(reader.verify()) == ["main/0", "main/1"]  # step 1 is coded on step 0
+    assert reader.restore(4)["i"].tolist() == [4, 5, 6]
