@@ -90,3 +90,23 @@ except BaseException as e:
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("InternalError"), out.stdout
     assert "worker thread" in out.stdout
+
+
+def test_max_output_bytes_refuses_a_legal_but_huge_blob_before_allocating():
+    blob = forged_exponent_blob(1 << 29, 1 << 20)  # 4 GiB in legal chunks, ~1.6 MB
+    small = forged_exponent_blob(1000, 1000).hex()
+    code = f"""
+import deltackpt as dk
+blob = bytes.fromhex({blob.hex()!r})
+try:
+    dk.decode(blob, max_output_bytes=1 << 30)
+    print("decoded")
+except dk.CorruptDataError as e:
+    print("corrupt", e)
+print(dk.decode(bytes.fromhex({small!r}), max_output_bytes=8000).shape)
+"""
+    out = run_limited(code, mem_mb=1024)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("corrupt") and "max_output_bytes" in lines[0]
+    assert lines[1] == "(1000,)"

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 from ._tensors import Raw, check_reference, from_raw, is_torch, out_raw, to_raw
-from .errors import InvalidArgumentError, ReferenceMismatchError
+from .errors import CorruptDataError, InvalidArgumentError, ReferenceMismatchError
 
 QUANTIZERS = ("none", "exponent", "uniform", "lattice", "bounded")
 CODERS = ("auto", "raw", "tans", "huffman", "lz77", "zstd", "gzip")
@@ -207,6 +207,7 @@ def decode(
     out: Any = None,
     second_moment: Any = None,
     tolerance: Any = None,
+    max_output_bytes: int | None = None,
 ) -> Any:
     """Decompress a blob from :func:`encode` to the same kind (numpy or torch), dtype and shape.
 
@@ -220,8 +221,12 @@ def decode(
 
     ``second_moment``: the ``v`` a blob was bounded against (``tolerance=, second_moment=``);
     ``tolerance``: the per-element tolerances of a blob encoded with ``tolerance=<array>``.
+    ``max_output_bytes``: for untrusted blobs, refuse (``CorruptDataError``) one that declares
+    a larger tensor, before allocating anything (a 3 KB blob may legally declare gigabytes).
     """
     blob = _blob_bytes(blob)
+    if max_output_bytes is not None:
+        _check_size(blob, max_output_bytes)
     ref = None if reference is None else to_raw(reference, "reference")
     scale = second_moment if tolerance is None else tolerance
     moment = None if scale is None else to_raw(scale, "second_moment").data
@@ -249,6 +254,19 @@ def decode(
 def inspect(blob: bytes) -> dict[str, Any]:
     """The blob's header: dtype, shape, quantizer, coder, bits, table, sizes (checksum verified)."""
     return dict(_core.inspect(_blob_bytes(blob)))
+
+
+def _check_size(blob: bytes, limit: int) -> None:
+    info = _core.inspect(blob)
+    n = int(np.prod(info["shape"], dtype=object)) * np.dtype(_ITEMSIZE[info["dtype"]]).itemsize
+    if n > limit:
+        raise CorruptDataError(
+            f"the blob declares a {info['dtype']} tensor of shape {list(info['shape'])} ({n} "
+            f"bytes), more than max_output_bytes={limit}: refused as untrusted input"
+        )
+
+
+_ITEMSIZE = {"float32": "f4", "float64": "f8", "float16": "f2", "bfloat16": "u2"}
 
 
 def _blob_bytes(blob: Any) -> bytes:
