@@ -26,3 +26,29 @@ if any(
 
     if _PY not in sys.path:
         sys.path.insert(0, _PY)
+
+
+_LIMITED_PREAMBLE = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({mem}, {mem}))
+sys.path.insert(0, {py!r})
+"""
+
+
+def run_limited(code: str, mem_mb: int = 2048, timeout: float = 120, env=None):
+    """Run `code` in a child Python with an address-space limit and a timeout (hostile inputs
+    that could allocate a lot must never take the machine down); returns the completed process.
+    A child still running at the timeout is killed and the test fails."""
+    import subprocess
+    import sys
+
+    mem = mem_mb << 20
+    src = _LIMITED_PREAMBLE.format(mem=mem, py=_PY) + code
+    full_env = dict(os.environ, DELTACKPT_NUM_THREADS="2", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-c", src],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )

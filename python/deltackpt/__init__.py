@@ -15,9 +15,11 @@ from .chain import CheckpointChain
 from .errors import (
     CorruptDataError,
     DeltackptError,
+    InternalError,
     InvalidArgumentError,
     NonFiniteError,
     ReferenceMismatchError,
+    StepNotFoundError,
     UnsupportedError,
 )
 from .store import LockedError
@@ -35,6 +37,8 @@ __all__ = [
     "NonFiniteError",
     "ReferenceMismatchError",
     "InvalidArgumentError",
+    "InternalError",
+    "StepNotFoundError",
     "CheckpointChain",
     "LockedError",
 ]

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 from ._tensors import Raw, check_reference, from_raw, is_torch, out_raw, to_raw
-from .errors import InvalidArgumentError, ReferenceMismatchError
+from .errors import CorruptDataError, InvalidArgumentError, ReferenceMismatchError
 
 QUANTIZERS = ("none", "exponent", "uniform", "lattice", "bounded")
 CODERS = ("auto", "raw", "tans", "huffman", "lz77", "zstd", "gzip")
@@ -69,7 +69,7 @@ def encode(
     without a decode pass); it may be ``reference`` itself, then updated in place.
     """
     bound, bound_value, scale = _bound(tolerance, rel_error, rel_tolerance, second_moment)
-    quantizer = _quantizer(quantizer, bound)
+    quantizer = _quantizer(quantizer, bound, bits)
     raw, ref, moment, out, in_place = _buffers(x, reference, scale, reconstruction)
     return _core.encode(
         raw.data,
@@ -96,8 +96,10 @@ def encode(
     )
 
 
-def _quantizer(quantizer: str | None, bound: str | None) -> str:
+def _quantizer(quantizer: str | None, bound: str | None, bits: Any) -> str:
     """The quantizer of an encode: ``bounded`` exactly when an error bound is given."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= 8:
+        raise InvalidArgumentError(f"bits must be an integer in 1..8 (0 for none), not {bits!r}")
     if quantizer is None:
         return "exponent" if bound is None else "bounded"
     if bound is not None and quantizer != "bounded":
@@ -205,6 +207,7 @@ def decode(
     out: Any = None,
     second_moment: Any = None,
     tolerance: Any = None,
+    max_output_bytes: int | None = None,
 ) -> Any:
     """Decompress a blob from :func:`encode` to the same kind (numpy or torch), dtype and shape.
 
@@ -218,7 +221,12 @@ def decode(
 
     ``second_moment``: the ``v`` a blob was bounded against (``tolerance=, second_moment=``);
     ``tolerance``: the per-element tolerances of a blob encoded with ``tolerance=<array>``.
+    ``max_output_bytes``: for untrusted blobs, refuse (``CorruptDataError``) one that declares
+    a larger tensor, before allocating anything (a 3 KB blob may legally declare gigabytes).
     """
+    blob = _blob_bytes(blob)
+    if max_output_bytes is not None:
+        _check_size(blob, max_output_bytes)
     ref = None if reference is None else to_raw(reference, "reference")
     scale = second_moment if tolerance is None else tolerance
     moment = None if scale is None else to_raw(scale, "second_moment").data
@@ -245,4 +253,28 @@ def decode(
 
 def inspect(blob: bytes) -> dict[str, Any]:
     """The blob's header: dtype, shape, quantizer, coder, bits, table, sizes (checksum verified)."""
-    return dict(_core.inspect(blob))
+    return dict(_core.inspect(_blob_bytes(blob)))
+
+
+def _check_size(blob: bytes, limit: int) -> None:
+    info = _core.inspect(blob)
+    n = int(np.prod(info["shape"], dtype=object)) * np.dtype(_ITEMSIZE[info["dtype"]]).itemsize
+    if n > limit:
+        raise CorruptDataError(
+            f"the blob declares a {info['dtype']} tensor of shape {list(info['shape'])} ({n} "
+            f"bytes), more than max_output_bytes={limit}: refused as untrusted input"
+        )
+
+
+_ITEMSIZE = {"float32": "f4", "float64": "f8", "float16": "f2", "bfloat16": "u2"}
+
+
+def _blob_bytes(blob: Any) -> bytes:
+    """A blob as ``bytes``: bytearray and memoryview are copied, anything else refused."""
+    if isinstance(blob, bytes):
+        return blob
+    if isinstance(blob, (bytearray, memoryview)):
+        return bytes(blob)
+    raise InvalidArgumentError(
+        f"a blob is bytes, bytearray or memoryview, not {type(blob).__name__}"
+    )

@@ -67,7 +67,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from .chain import CheckpointChain
+from .chain import CheckpointChain, commitlog
 from .chain.branches import (
     DEFAULT_BRANCH,
     branch_file,
@@ -338,6 +338,8 @@ def _trim_uncommitted(url: str, root: Store, storage_options: dict[str, Any]) ->
             if rid is not None and not root.exists(_step_name(*rid)):
                 store.delete(name)
                 removed += 1
+        if removed:  # a deliberate retirement: the commit log must say so
+            commitlog.append(store, "trim", commitlog.disk_state(store))
         return removed
     finally:
         store.release_lock()

@@ -9,6 +9,8 @@ __all__ = [
     "NonFiniteError",
     "ReferenceMismatchError",
     "InvalidArgumentError",
+    "InternalError",
+    "StepNotFoundError",
 ]
 
 
@@ -34,3 +36,15 @@ class ReferenceMismatchError(CorruptDataError, ValueError):
 
 class InvalidArgumentError(DeltackptError, ValueError):
     """An argument is out of range or of the wrong kind."""
+
+
+class InternalError(DeltackptError, RuntimeError):
+    """The core failed (a bug, or no worker thread could start); nothing was returned."""
+
+
+class StepNotFoundError(DeltackptError, KeyError):
+    """The step is not (or no longer) in the chain: never saved, or retired by retention
+    (``max_to_keep``) or replaced while it was being read. Nothing is wrong with the data."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

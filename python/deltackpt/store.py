@@ -42,7 +42,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Iterator
+import weakref
 from typing import Any
 
 from ._core import checksum128
@@ -213,6 +213,24 @@ def _refuse(url: str, info: dict[str, Any]) -> LockedError:
     )
 
 
+_HOLDERS: weakref.WeakSet[LocalStore] = weakref.WeakSet()
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) is not the writer: close its copies of the kernel
+    lock descriptors, so that the lock is released when the writer itself ends."""
+    for store in list(_HOLDERS):
+        if store._held is not None:
+            with contextlib.suppress(OSError):
+                os.close(store._held)
+        store._held, store._token = None, None
+    _HOLDERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class LocalStore(Store):
     """A directory on the local file system, with fsync-based crash safety."""
 
@@ -220,9 +238,32 @@ class LocalStore(Store):
         self.root = os.path.abspath(os.fspath(root))
         self.url = self.root
         self._token: str | None = None
+        self._held: int | None = None  # the descriptor holding flock(LOCK.guard)
+        self._real_root = os.path.realpath(self.root)
+        self._inside: set[str] = set()  # folders whose real path is inside the chain
+
+    def _is_inside(self, real: str) -> bool:
+        return real == self._real_root or real.startswith(self._real_root + os.sep)
 
     def _path(self, name: str) -> str:
-        return os.path.join(self.root, *name.split("/"))
+        """The file of ``name``, which must stay inside the chain directory: no absolute name,
+        no ``..`` or empty component, no symlink leading out (names may come from files)."""
+        parts = name.split("/")
+        if not name or any(p in ("", ".", "..") or os.sep in p or "\0" in p for p in parts):
+            raise CorruptDataError(
+                f"refusing the path {name!r}: it would leave the chain directory"
+            )
+        path = os.path.join(self.root, *parts)
+        folder = os.path.dirname(path)
+        if folder not in self._inside:  # one realpath per folder, then one lstat per file
+            if not self._is_inside(os.path.realpath(folder)):
+                raise CorruptDataError(
+                    f"refusing {name!r}: a symlink leads out of the chain directory"
+                )
+            self._inside.add(folder)
+        if os.path.islink(path) and not self._is_inside(os.path.realpath(path)):
+            raise CorruptDataError(f"refusing {name!r}: a symlink leads out of the chain directory")
+        return path
 
     def _fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY)
@@ -292,51 +333,67 @@ class LocalStore(Store):
     def allocated(self, name: str) -> int | None:
         return os.stat(self._path(name)).st_blocks * 512
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
+    def _hold_kernel_lock(self) -> int | None:
+        """Take ``flock(LOCK.guard)`` without waiting; the open descriptor (held for the
+        writer's life) or None when another live writer holds it. The kernel releases it when
+        its holder dies, whatever pid namespace that holder ran in."""
         import fcntl
 
         fd = os.open(self._path(LOCK_NAME + ".guard"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def acquire_lock(self) -> None:
+        """Hold the kernel lock for the writer's life, then (re)write ``LOCK``. While the
+        kernel lock is held, a ``LOCK`` left by a writer of this host is stale whatever its pid
+        says (its writer died: the kernel released its flock); one from another host is never
+        broken (its file system may not share flocks)."""
         self._makedirs(self.root)
+        fd = self._hold_kernel_lock()
+        if fd is None:
+            raise _refuse(self.url, self.lock_info() or {})
+        try:
+            self._write_lock_file()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held = fd
+        _HOLDERS.add(self)
+
+    def _write_lock_file(self) -> None:
         token = secrets.token_hex(8)
         lock = self._path(LOCK_NAME)
-        with self._guard():
-            for _ in range(2):
-                try:
-                    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                except FileExistsError:
-                    info = self.lock_info() or {}
-                    # Under the guard, an empty or unreadable lock can only be left by a writer
-                    # that died between creating and filling it: as stale as a dead pid.
-                    if not info or _is_stale(info):
-                        os.unlink(lock)  # safe: breakers are serialised by the guard
-                        continue
-                    raise _refuse(self.url, info) from None
-                try:
-                    os.write(fd, _lock_payload(token))
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._fsync_dir(self.root)
-                self._token = token
-                return
-        raise _refuse(self.url, self.lock_info() or {})
+        info = self.lock_info()
+        if info and info.get("host") not in (None, socket.gethostname()):
+            raise _refuse(self.url, info)
+        if info is not None:
+            os.unlink(lock)  # a dead writer's (we hold the kernel lock)
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, _lock_payload(token))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._fsync_dir(self.root)
+        self._token = token
 
     def release_lock(self) -> None:
-        if self._token is None:
-            return
-        info = self.lock_info() or {}
-        if info.get("token") == self._token:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(LOCK_NAME))
-        self._token = None
+        if self._token is not None:
+            info = self.lock_info() or {}
+            if info.get("token") == self._token:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path(LOCK_NAME))
+            self._token = None
+        if self._held is not None:
+            os.close(self._held)  # releases the kernel lock, last
+            self._held = None
 
 
 class FsspecStore(Store):

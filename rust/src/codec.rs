@@ -360,7 +360,8 @@ thread_local! {
 
 /// A per-thread buffer of `n` zeros, reused across chunks (fresh tensor-chunk-sized
 /// allocations cost page faults). Taken out of its slot, so a nested use (rayon may run
-/// another chunk on this thread while this one waits) just allocates.
+/// another chunk on this thread while this one waits) just allocates. For the encoder, whose
+/// chunks are slices of a tensor the caller already holds.
 fn take_scratch<T: Copy + Default + 'static>(
     key: &'static LocalKey<Cell<Vec<T>>>,
     n: usize,
@@ -370,6 +371,27 @@ fn take_scratch<T: Copy + Default + 'static>(
     v.resize(n, T::default());
     v
 }
+
+/// [`take_scratch`] for decoders: `n` is at most a chunk ([`format::MAX_CHUNK_ELEMS`]), and a
+/// failed allocation is an [`Error::Corrupt`] rather than an abort.
+fn try_take_scratch<T: Copy + Default + 'static>(
+    key: &'static LocalKey<Cell<Vec<T>>>,
+    n: usize,
+) -> Result<Vec<T>> {
+    let mut v = key.with(|c| c.take());
+    v.clear();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::corrupt(format!(
+            "a chunk of {n} symbols needs more scratch memory than is available"
+        ))
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+/// Elements [`apply_via_scratch`] works on at a time: its scratch stays small whatever the
+/// chunk size.
+const APPLY_BLOCK: usize = 1 << 14;
 
 fn give_scratch<T: 'static>(key: &'static LocalKey<Cell<Vec<T>>>, v: Vec<T>) {
     key.with(|c| c.set(v));
@@ -407,7 +429,8 @@ trait Work: ExpFloat + TableBytes + Default {
     }
 }
 
-/// [`Work::apply`] through the working precision: load the base, add, round to `dtype`.
+/// [`Work::apply`] through the working precision: load the base, add, round to `dtype`, in
+/// blocks of [`APPLY_BLOCK`] elements held on the stack.
 fn apply_via_scratch<T: Work>(
     dtype: DType,
     sym: &[u8],
@@ -415,17 +438,24 @@ fn apply_via_scratch<T: Work>(
     base: Base<'_>,
     out: &mut [u8],
 ) {
-    let mut v = take_scratch(T::SCRATCH, sym.len());
-    match base {
-        Base::Zero => {}
-        Base::Ref(r) => T::load(dtype, r, &mut v),
-        Base::Out => T::load(dtype, out, &mut v),
+    let size = dtype.size();
+    let mut block = [T::default(); APPLY_BLOCK];
+    for (k, (s, o)) in sym
+        .chunks(APPLY_BLOCK)
+        .zip(out.chunks_mut(APPLY_BLOCK * size))
+        .enumerate()
+    {
+        let v = &mut block[..s.len()];
+        match base {
+            Base::Zero => v.fill(T::default()),
+            Base::Ref(r) => T::load(dtype, &r[k * APPLY_BLOCK * size..][..o.len()], v),
+            Base::Out => T::load(dtype, o, v),
+        }
+        for (v, s) in v.iter_mut().zip(s) {
+            *v = v.add(lut[*s as usize]);
+        }
+        T::store(dtype, v, o);
     }
-    for (v, s) in v.iter_mut().zip(sym) {
-        *v = v.add(lut[*s as usize]);
-    }
-    T::store(dtype, &v, out);
-    give_scratch(T::SCRATCH, v);
 }
 
 impl Work for f32 {
@@ -901,7 +931,7 @@ fn apply_chunks<T: Work>(
         .zip(chunks.par_iter())
         .enumerate()
         .try_for_each(|(i, (o, c))| -> Result<()> {
-            let mut sym = take_scratch(&SCRATCH_SYM, o.len() / size);
+            let mut sym = try_take_scratch(&SCRATCH_SYM, o.len() / size)?;
             let b = base.chunk(i, chunk_bytes, o.len());
             let done = entropy::decode_into(c, &mut sym)
                 .and_then(|_| exponent::check_symbols(&sym, table.len()))

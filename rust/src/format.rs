@@ -21,8 +21,10 @@ pub const MAGIC: &[u8; 4] = b"DKPT";
 /// The container version this build writes and reads.
 pub const VERSION: u8 = 1;
 
-/// Largest chunk size (elements) a blob may declare; keeps chunk byte offsets far from overflow.
-pub const MAX_CHUNK_ELEMS: u64 = 1 << 40;
+/// Largest chunk size (elements) a blob may declare (the entropy container's chunk cap too).
+/// A decoder's per-chunk scratch is sized from this bound, never from what a blob asks for: a
+/// forged header declaring one huge chunk is refused before anything is allocated.
+pub const MAX_CHUNK_ELEMS: u64 = 1 << 20;
 
 /// Flag bit: the blob is a delta against a reference.
 pub const FLAG_REFERENCE: u8 = 1;

@@ -105,7 +105,9 @@ pub(crate) fn decode_chunks(
         .enumerate()
         .try_for_each(|(i, (o, c))| {
             let m = o.len() / size;
-            let mut planes = vec![vec![0u8; m]; size];
+            let mut planes = (0..size)
+                .map(|_| entropy::try_alloc(m))
+                .collect::<Result<Vec<_>>>()?;
             for (p, s) in planes.iter_mut().zip(plane_streams(c, size)?) {
                 entropy::decode_into(s, p)?;
             }

@@ -34,14 +34,27 @@ fn pool() -> Arc<rayon::ThreadPool> {
         }
     }
     let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(num_threads())
-            .thread_name(|i| format!("deltackpt-{i}"))
-            .build()
-            .expect("building a rayon thread pool"),
+        build(num_threads())
+            .or_else(|_| build(1))
+            .unwrap_or_else(|e| {
+                // No thread at all can be started (a container's process limit): nothing in the crate
+                // can run. The bindings turn this panic into their own error type.
+                panic!(
+                    "deltackpt could not start a worker thread ({e}): the process or thread limit \
+             is exhausted; raise it (ulimit -u, the container's pids limit)"
+                )
+            }),
     );
     *guard = Some((pid, pool.clone()));
     pool
+}
+
+/// A pool of `n` threads; fewer than asked is tried by [`pool`] when threads are scarce.
+fn build(n: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("deltackpt-{i}"))
+        .build()
 }
 
 /// Run `f` inside the crate's pool, so that rayon calls in `f` use at most

@@ -44,11 +44,31 @@ pub(crate) fn uniform_params(params: &[u8]) -> Result<UniformParams> {
     Ok(p)
 }
 
+/// Symbols a decoder turns into values at a time: a multiple of every lattice block
+/// dimension (1–9), so that the codes and values in flight stay small whatever the tensor.
+const PIECE: usize = 2520 * 128;
+
+/// A buffer for `n` decoded values, allocated fallibly ([`Error::Corrupt`] when a blob's
+/// shape asks for more memory than there is).
+fn try_values(n: usize) -> Result<Vec<f64>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::corrupt(format!(
+            "the blob declares {n} values, more than memory allows"
+        ))
+    })?;
+    Ok(v)
+}
+
 /// Symbols back to values (`f64`).
 pub(crate) fn uniform_decode(symbols: &[u8], params: &[u8]) -> Result<Vec<f64>> {
     let p = uniform_params(params)?;
-    let codes = uniform::from_symbols(symbols, &p).map_err(as_corrupt)?;
-    Ok(uniform::dequantize(&codes, &p))
+    let mut out = try_values(symbols.len())?;
+    for piece in symbols.chunks(PIECE) {
+        let codes = uniform::from_symbols(piece, &p).map_err(as_corrupt)?;
+        out.extend(uniform::dequantize::<f64>(&codes, &p));
+    }
+    Ok(out)
 }
 
 /// Number of symbols the lattice quantizer stores for `numel` values in blocks of `dim`.
@@ -107,8 +127,11 @@ pub(crate) fn lattice_decode(
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    let codes = lattice::from_symbols(symbols, bits as u32).map_err(as_corrupt)?;
-    let mut v: Vec<f64> = lattice::dequantize(&codes, dim, &basis).map_err(as_corrupt)?;
+    let mut v = try_values(symbols.len())?;
+    for piece in symbols.chunks(PIECE) {
+        let codes = lattice::from_symbols(piece, bits as u32).map_err(as_corrupt)?;
+        v.extend(lattice::dequantize::<f64>(&codes, dim, &basis).map_err(as_corrupt)?);
+    }
     v.truncate(numel);
     Ok(v)
 }

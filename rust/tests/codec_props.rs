@@ -211,6 +211,11 @@ fn tensor_fuzz_body_is_total_on_mutated_blobs() {
         };
         seeds.push(encode(x, None, &o).unwrap());
     }
+    // The fuzz seeds: forged, valid-checksum blobs (see tests/forged_blobs.rs).
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/tensor_decode");
+    for e in std::fs::read_dir(dir).unwrap() {
+        seeds.push(std::fs::read(e.unwrap().path()).unwrap());
+    }
     let mut s = 0x1234_5678_9abc_def1u64;
     let mut next = move || {
         s ^= s << 13;

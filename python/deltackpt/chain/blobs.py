@@ -13,21 +13,23 @@ from .._api import decode
 from .._tensors import writable_host
 from ..errors import CorruptDataError
 from ..store import Store
-from .records import Record
+from .records import Record, read_data
 from .snapshot import clamp0, dtype_name, from_raw, is_torch
 
 Link = tuple[Record, list[Any], bool]  # a record, its entry for the tensor, clamp at 0
 
 
 class FileCache:
-    """Verified file payloads shared by the threads of one restore."""
+    """Verified file payloads (checked against their records' digests) shared by the threads
+    of one restore."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.lock = threading.Lock()
         self.futures: dict[str, cf.Future[bytes]] = {}
 
-    def get(self, name: str) -> bytes:
+    def get(self, rec: Record, index: int) -> bytes:
+        name = rec.files[index]
         with self.lock:
             fut = self.futures.get(name)
             owner = fut is None
@@ -36,7 +38,7 @@ class FileCache:
                 self.futures[name] = fut
         if owner:
             try:
-                fut.set_result(self.store.read(name))
+                fut.set_result(read_data(self.store, rec, index))
             except Exception as e:  # noqa: BLE001 - handed to every waiter by fut.result()
                 fut.set_exception(e)
         return fut.result()
@@ -46,7 +48,7 @@ def blob(rec: Record, entry: list[Any], cache: FileCache) -> bytes:
     """The bytes ``entry`` (``[mode, file index, offset, length(, moment)]``) points at."""
     try:
         _, fidx, off, length = entry[:4]
-        data = cache.get(rec.files[int(fidx)])
+        data = cache.get(rec, int(fidx))
     except (ValueError, TypeError, IndexError) as e:
         raise CorruptDataError(f"record {rec.rid}: bad tensor entry {entry!r}") from e
     if not (

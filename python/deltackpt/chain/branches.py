@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import CorruptDataError, StepNotFoundError
 from ..store import Store
-from .records import RecId, check_name, own_steps, read_json, record_name, write_json
+from .parsing import NAME_RE, check_name, disk_name
+from .records import RecId, own_steps, read_json, record_name, write_json
 
 DEFAULT_BRANCH = "main"
 HEAD_FILE = "HEAD.json"
@@ -28,8 +30,24 @@ def point_file(name: str) -> str:
 def read_head(store: Store) -> str:
     """The branch the writer continues (``main`` before any rollback)."""
     if store.exists(HEAD_FILE):
-        return str(read_json(store, HEAD_FILE)["branch"])
+        head = _doc(store, HEAD_FILE)
+        return disk_name(head.get("branch"), "branch", HEAD_FILE)
     return DEFAULT_BRANCH
+
+
+def _doc(store: Store, name: str) -> dict[str, Any]:
+    """A small JSON object file (HEAD, a branch or branch point file)."""
+    d = read_json(store, name)
+    if not isinstance(d, dict):
+        raise CorruptDataError(f"{name}: not a JSON object")
+    return d
+
+
+def _rid(d: Any, where: str) -> RecId:
+    """A ``{"branch", "step"}`` read from ``where``, checked."""
+    if not isinstance(d, dict) or not isinstance(d.get("step"), int) or d["step"] < 0:
+        raise CorruptDataError(f"{where}: malformed record reference {d!r}")
+    return (disk_name(d.get("branch"), "branch", where), d["step"])
 
 
 def write_head(store: Store, branch: str) -> None:
@@ -38,7 +56,8 @@ def write_head(store: Store, branch: str) -> None:
 
 def branch_names(store: Store) -> list[str]:
     """Names of the live branches."""
-    return sorted(n.rsplit("/", 1)[-1][:-5] for n in store.list("branches"))
+    names = (n.rsplit("/", 1)[-1] for n in store.list("branches"))
+    return sorted(n[:-5] for n in names if n.endswith(".json") and NAME_RE.match(n[:-5]))
 
 
 def branch_info(store: Store, branch: str) -> dict[str, Any]:
@@ -46,7 +65,10 @@ def branch_info(store: Store, branch: str) -> dict[str, Any]:
     name = branch_file(branch)
     if not store.exists(name):
         raise KeyError(f"no branch {branch!r} in {store.url}")
-    return dict(read_json(store, name))
+    d = _doc(store, name)
+    if d.get("parent") is not None:
+        d["parent"] = dict(zip(("branch", "step"), _rid(d["parent"], name)))
+    return d
 
 
 def create_branch(store: Store, name: str, parent: RecId | None) -> None:
@@ -73,21 +95,23 @@ def resolve(store: Store, branch: str, step: int | None) -> RecId:
     """The record holding ``step`` (the latest if None) as ``branch`` sees it."""
     hist = history(store, branch)
     if not hist:
-        raise KeyError(f"branch {branch!r} has no saved step")
+        raise StepNotFoundError(f"branch {branch!r} has no saved step")
     if step is None:
         return hist[-1]
     for rid in reversed(hist):
         if rid[1] == step:
             return rid
-    raise KeyError(f"step {step} is not in branch {branch!r}")
+    raise StepNotFoundError(
+        f"step {step} is not in branch {branch!r} (never saved, or retired by max_to_keep)"
+    )
 
 
 def read_points(store: Store) -> dict[str, RecId]:
     """Branch point name -> (branch, step)."""
     out = {}
     for n in store.list("points"):
-        d = read_json(store, n)
-        out[str(d["name"])] = (str(d["branch"]), int(d["step"]))
+        d = _doc(store, n)
+        out[disk_name(d.get("name"), "branch point", n)] = _rid(d, n)
     return out
 
 

@@ -20,11 +20,13 @@ import numpy as np
 
 from .._api import encode
 from .._api import inspect as inspect_blob
-from ..errors import NonFiniteError
+from .._core import checksum128
+from ..errors import InvalidArgumentError, NonFiniteError
 from ..store import Store
 from .branches import history
 from .config import ChainConfig
 from .groups import Group, Spec, encode_group, f32_down, rel_tolerance
+from .parsing import MAX_RECORD_BYTES, check_nesting
 from .policy import (
     Budget,
     Plan,
@@ -42,6 +44,7 @@ from .records import (
     blob_name,
     data_dir,
     data_prefix,
+    dumps,
     group_name,
 )
 from .references import Level, OutputBuffers, References
@@ -59,6 +62,7 @@ class DataFiles:
     def __init__(self, store: Store, prefix: str) -> None:
         self.store, self.prefix = store, prefix
         self.names = [group_name(prefix)]
+        self.digests = [""]  # xxh3-128 hex of each file's payload, bound by the record
         self.pack: list[bytes] = []
         self.pack_len = 0
         self.pack_index = 0
@@ -88,20 +92,22 @@ class DataFiles:
 
     def _new_name(self) -> int:
         self.names.append(blob_name(self.prefix, len(self.names)))
+        self.digests.append("")
         return len(self.names) - 1
 
     def _own_file(self, blob: bytes) -> int:
         index = self._new_name()
-        self._write(self.names[index], blob)
+        self._write(index, blob)
         return index
 
     def _write_pack(self) -> None:
-        self._write(self.names[self.pack_index], b"".join(self.pack))
+        self._write(self.pack_index, b"".join(self.pack))
         self.pack, self.pack_len = [], 0
 
-    def _write(self, name: str, data: bytes) -> None:
-        self.store.write(name, data, sync_dir=False)
-        self.written.append(name)
+    def _write(self, index: int, data: bytes) -> None:
+        self.store.write(self.names[index], data, sync_dir=False)
+        self.written.append(self.names[index])
+        self.digests[index] = checksum128(data).hex()
 
 
 @dataclass
@@ -293,6 +299,7 @@ def commit(
 
     ``replace`` rewrites that step's record as an exact keyframe (a branch point).
     """
+    check_readable(snap)
     if refs.stale:  # a failed save had started updating references in place
         refs.rebuild(records, history(records.store, branch), cfg.threads)
     if not exact:
@@ -309,6 +316,7 @@ def commit(
         names = files.finish()
         schema = records.put_schema(snap)
         rec = _record(branch, step, plan, base, snap, coded, names, schema, cfg)
+        rec.digests = files.digests
         old = records.record(rec.rid) if replace else None
         records.store.sync_dirs({data_dir(branch)})  # data durable before the commit
         records.put(rec)
@@ -322,6 +330,18 @@ def commit(
                 records.store.delete(name)
     refs.advance(Level(plan.level, rec.rid, coded.recon, coded.meta), snap)
     return rec
+
+
+def check_readable(snap: Snapshot) -> None:
+    """Refuse, before anything is written, a state the chain's readers would refuse: nested
+    deeper than they parse, or with more plain values than a record holds."""
+    check_nesting([snap.tree, snap.values], "the state", InvalidArgumentError)
+    size = len(dumps(snap.values))
+    if size > MAX_RECORD_BYTES // 2:
+        raise InvalidArgumentError(
+            f"the state's plain (non-tensor) values take {size} bytes of JSON, more than a "
+            f"record holds ({MAX_RECORD_BYTES // 2}): store large data as tensors"
+        )
 
 
 def _plan(records: Records, refs: References, cfg: ChainConfig, step: int, exact: bool) -> Plan:

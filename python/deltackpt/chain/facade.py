@@ -14,16 +14,17 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import CorruptDataError
 from ..store import Store, open_store
-from . import branches, inspect, retention
+from . import branches, commitlog, inspect, retention
 from .commit import commit
 from .config import ChainConfig
+from .parsing import check_name
 from .records import (
     CHAIN_FILE,
     RecId,
     Records,
     check_chain_file,
-    check_name,
     read_json,
     write_chain_file,
 )
@@ -78,8 +79,8 @@ class CheckpointChain:
     current branch (records that a kept step, a branch point or the writer depends on are
     never deleted, and stay listed); ``async_save`` encodes and writes in one background
     thread (one save in flight); ``group_below`` tensors with fewer elements are coded together
-    (one blob per kind of array; data files pack blobs up to ~1 MiB); ``coder`` is passed to :func:`deltackpt.encode`; ``threads`` decode tensors in
-    parallel on restore.
+    (one blob per kind of array; data files pack blobs up to ~1 MiB); ``coder`` is passed to
+    :func:`deltackpt.encode`; ``threads`` decode tensors in parallel on restore.
     """
 
     bits = _setting("bits")
@@ -148,6 +149,7 @@ class CheckpointChain:
         self.records = Records(self.store)  # what the rooms' functions take
         self._refs = References()
         self._head = branches.DEFAULT_BRANCH
+        self._head_error: CorruptDataError | None = None
         self._closed = False
         self._executor: cf.ThreadPoolExecutor | None = None
         self._pending: cf.Future[None] | None = None
@@ -166,7 +168,7 @@ class CheckpointChain:
                 write_chain_file(self.store, self.config)  # last: the chain exists once whole
             else:
                 check_chain_file(self.store)
-            self._head = branches.read_head(self.store)
+            self._head = commitlog.open_writer(self.store)
             retention.collect_garbage(self.records)
             self._rebuild_references()
         except BaseException:
@@ -179,7 +181,10 @@ class CheckpointChain:
         if not self.store.exists(CHAIN_FILE):
             raise FileNotFoundError(f"no deltackpt chain at {self.store.url}")
         read_json(self.store, CHAIN_FILE)
-        self._head = branches.read_head(self.store)
+        try:
+            self._head = commitlog.head(self.store)
+        except CorruptDataError as e:  # raised by calls that need the current branch
+            self._head_error = e
 
     def _rebuild_references(self) -> None:
         history = branches.history(self.store, self._head)
@@ -234,6 +239,7 @@ class CheckpointChain:
         commit(self.records, self._refs, cfg, head, step, snap, exact=exact, replace=replace)
         pinned = [lv.rid for lv in self._refs.levels]
         retention.apply_retention(self.records, head, cfg, pinned)
+        commitlog.after(self.store, "save", tip=(head, step))
 
     # ------------------------------------------------------------------ branches
 
@@ -284,6 +290,7 @@ class CheckpointChain:
         new_branch = branches.new_branch_name(name, new_branch, set(self.branches()))
         state = restore_state(self.records, rid, self.config.threads)
         branches.create_branch(self.store, new_branch, rid)
+        commitlog.after(self.store, "rollback", head=new_branch, tip=(new_branch, None))
         branches.write_head(self.store, new_branch)
         self._head = new_branch
         self._rebuild_references()
@@ -305,21 +312,30 @@ class CheckpointChain:
         self._check_writable()
         if name == self._head:
             raise ValueError("cannot delete the current branch; roll back elsewhere first")
+        branches.branch_info(self.store, name)  # KeyError if there is no such branch
+        commitlog.after(self.store, "delete_branch", drop=name)  # logged first: an intent
         retention.delete_branch(self.records, name)
 
     # ------------------------------------------------------------------ reading
 
+    def _branch(self, branch: str | None) -> str:
+        """``branch``, or the current one; a reader whose HEAD the commit log contradicts
+        refuses to guess (pass ``branch=``)."""
+        if branch is None and self._head_error is not None:
+            raise self._head_error
+        return branch or self._head
+
     def _resolve(self, step: int | None, branch: str | None) -> RecId:
-        return branches.resolve(self.store, branch or self._head, step)
+        return branches.resolve(self.store, self._branch(branch), step)
 
     def steps(self, branch: str | None = None) -> list[int]:
         """Restorable steps of ``branch`` (default: the current one), ancestors' included."""
         self._raise_pending()
-        return [s for _, s in branches.history(self.store, branch or self._head)]
+        return [s for _, s in branches.history(self.store, self._branch(branch))]
 
     def latest_step(self, branch: str | None = None) -> int | None:
         """The latest committed step of ``branch``, or None."""
-        hist = branches.history(self.store, branch or self._head)
+        hist = branches.history(self.store, self._branch(branch))
         return hist[-1][1] if hist else None
 
     def info(self, step: int | None = None, branch: str | None = None) -> dict[str, Any]:

@@ -5,18 +5,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import DeltackptError
-from .records import RecId, Record, Records, all_records, record_name
+from ..errors import CorruptDataError
+from . import commitlog
+from .records import MAX_DEPTH, RecId, Record, Records, all_records, read_data, record_name
 from .restore import restore_state
 
 
 def depth(records: Records, rid: RecId) -> int:
     """How many records a restore of ``rid`` reads: itself and its chain of bases."""
     n = 1
-    rec = records.record(rid)
-    while rec.base is not None:
-        rec = records.record(rec.base)
+    rec: Record | None = records.base(records.record(rid))
+    while rec is not None:
         n += 1
+        if n > MAX_DEPTH:
+            raise CorruptDataError(
+                f"record {rid[0]}/{rid[1]}: a base chain deeper than {MAX_DEPTH}"
+            )
+        rec = records.base(rec)
     return n
 
 
@@ -74,21 +79,36 @@ def allocated_bytes(records: Records) -> int | None:
 
 
 def verify(records: Records, threads: int, decode_all: bool) -> dict[str, str]:
-    """``{"branch/step": error}`` for every committed record that does not check out."""
+    """``{"branch/step": error}`` for every committed record that does not check out
+    (``"chain"`` when the records cannot even be listed). Never raises: it reports."""
     bad: dict[str, str] = {}
-    for rid in sorted(all_records(records.store), key=lambda r: (r[0], r[1])):
+    try:
+        rids = sorted(all_records(records.store), key=lambda r: (r[0], r[1]))
+    except Exception as e:  # noqa: BLE001 - verify reports whatever is wrong
+        return {"chain": f"{type(e).__name__}: {e}"}
+    for rid in rids:
         try:
-            rec = records.record(rid)
-            records.schema(rec.schema)
-            for name in rec.files:
-                records.store.read(name)
-            if rec.base is not None:
-                records.record(rec.base)
-            if decode_all:
-                restore_state(records, rid, threads)
-        except (DeltackptError, OSError) as e:
+            _verify_record(records, rid, threads, decode_all)
+        except Exception as e:  # noqa: BLE001 - verify reports whatever is wrong
             bad[f"{rid[0]}/{rid[1]}"] = f"{type(e).__name__}: {e}"
+    try:
+        lost = commitlog.problems(records.store)
+        commitlog.head(records.store)
+    except Exception as e:  # noqa: BLE001 - verify reports whatever is wrong
+        lost = [f"{type(e).__name__}: {e}"]
+    if lost:
+        bad["log"] = "; ".join(lost)
     return bad
+
+
+def _verify_record(records: Records, rid: RecId, threads: int, decode_all: bool) -> None:
+    rec = records.record(rid)
+    records.schema(rec.schema)
+    for i in range(len(rec.files)):
+        read_data(records.store, rec, i)
+    records.base(rec)
+    if decode_all:
+        restore_state(records, rid, threads)
 
 
 def stats(records: Records) -> dict[str, Any]:
@@ -103,8 +123,8 @@ def stats(records: Records) -> dict[str, Any]:
         by_kind[rec.kind] = by_kind.get(rec.kind, 0) + stored_bytes(records, rec)
         count[rec.kind] = count.get(rec.kind, 0) + 1
         raw += rec.raw_bytes
-        d = 1 if rec.base is None else depths.get(rec.base) or depth(records, rec.base)
-        depths[rid] = d if rec.base is None else d + 1
+        base = records.base(rec)
+        depths[rid] = 1 if base is None else 1 + (depths.get(base.rid) or depth(records, base.rid))
         deepest = max(deepest, depths[rid])
     other = sum(records.store.size(n) for n in records.store.list("schemas"))
     stored = sum(by_kind.values()) + other

@@ -19,10 +19,8 @@ from typing import Any
 from ..errors import CorruptDataError
 from .blobs import apply_delta, blob, exact_value
 from .groups import Group, decode_group
-from .records import Record, Records, Schema
+from .records import MAX_DEPTH, Record, Records, Schema
 from .snapshot import clamp0
-
-MAX_DEPTH = 1 << 16  # records a restore may walk back (a forged base cycle cannot hang it)
 
 
 def needs_lockstep(entry: list[Any]) -> bool:
@@ -86,9 +84,10 @@ def plan(records: Records, rec: Record, paths: Iterable[str]) -> list[tuple[Reco
         here, base = _closure(cur, records.schema(cur.schema), need)
         out.append((cur, here))
         if base:
-            if cur.base is None:
+            nxt = records.base(cur)
+            if nxt is None:
                 raise CorruptDataError(f"record {cur.rid}: a delta without a base record")
-            cur = records.record(cur.base)
+            cur = nxt
         need = base
     return out
 

@@ -14,33 +14,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptDataError, UnsupportedError
-from ..store import Store
+from ..store import HEADER, Store, unframe
 from .config import ChainConfig
 from .groups import Group
+from .parsing import (
+    MAX_RECORD_BYTES,
+    MAX_SCHEMA_BYTES,
+    MAX_SMALL_JSON,
+    NAME_RE,
+    disk_name,
+    inflate,
+    loads,
+)
 from .snapshot import Snapshot
 
 FORMAT = "deltackpt-chain"
-VERSION = 1
+VERSION = 1  # of chain.json
+RECORD_VERSION = 2  # 2: records list the digests of their data files
+RECORD_VERSIONS = (1, 2)  # what this code reads
 CHAIN_FILE = "chain.json"
 KEYFRAME_LEVEL = 1 << 20  # above every anchor level: a keyframe drops every reference
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+MAX_DEPTH = 1 << 16  # records a walk along bases may visit (with checked bases, a bound)
+KINDS = ("keyframe", "anchor", "step")
 _GROUP = ".grp"
 
 RecId = tuple[str, int]  # (branch holding the record, step)
-
-
-def check_name(name: str, what: str) -> str:
-    """A branch or branch point name is safe as a file name, or ValueError."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"invalid {what} name {name!r}: use letters, digits and ._@+-")
-    return name
 
 
 # --------------------------------------------------------------------------- JSON files
@@ -51,12 +55,9 @@ def dumps(obj: Any) -> bytes:
 
 
 def read_json(store: Store, name: str) -> Any:
-    """A framed JSON file; malformed JSON is corrupt data."""
-    raw = store.read(name)
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise CorruptDataError(f"{name}: {e}") from e
+    """A small framed JSON file (chain.json, HEAD, branches, points); malformed, oversized or
+    too deeply nested JSON is corrupt data."""
+    return loads(store.read(name), name, MAX_SMALL_JSON)
 
 
 def write_json(store: Store, name: str, obj: Any) -> None:
@@ -113,7 +114,8 @@ def parse_record_name(name: str) -> RecId | None:
     """(branch, step) of a ``records/<branch>/<step>.json`` name, or None for another file."""
     parts = name.split("/")
     step = _step_of(name)
-    return (parts[1], step) if len(parts) == 3 and step is not None else None
+    ok = len(parts) == 3 and step is not None and NAME_RE.match(parts[1])
+    return (parts[1], step) if ok and step is not None else None
 
 
 def all_records(store: Store) -> list[RecId]:
@@ -143,9 +145,17 @@ def blob_name(prefix: str, index: int) -> str:
 
 def file_names(prefix: str, n: int) -> list[str]:
     """Data files of a record: the group file, then one file per large tensor."""
-    if not prefix.startswith("data/") or ".." in prefix or n < 1:
-        raise CorruptDataError(f"bad data prefix {prefix!r}")
     return [group_name(prefix)] + [blob_name(prefix, i) for i in range(1, n)]
+
+
+def _prefix(d: dict[str, Any], branch: str, step: int) -> str:
+    """A record's data prefix, which must be its own: ``data/<branch>/<step>-<hex token>``."""
+    prefix = d["prefix"]
+    head = data_prefix(branch, step, "")
+    token = prefix[len(head) :] if isinstance(prefix, str) and prefix.startswith(head) else ""
+    if not (0 < len(token) <= 32 and all(c in "0123456789abcdef" for c in token)):
+        raise CorruptDataError(f"record {branch}/{step}: bad data prefix {prefix!r}")
+    return prefix
 
 
 def schema_name(digest: str) -> str:
@@ -177,6 +187,9 @@ class Record:
     errors: list[list[float] | None] | None = None
     # small tensors coded together (entries ["group", g] point here)
     groups: list[Group] | None = None
+    # xxh3-128 (hex) of each data file's payload, as its frame records it (None: a version 1
+    # record, written before records bound their files)
+    digests: list[str] | None = None
 
     @property
     def rid(self) -> RecId:
@@ -185,7 +198,7 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": RECORD_VERSION if self.digests is not None else 1,
             "branch": self.branch,
             "step": self.step,
             "kind": self.kind,
@@ -202,32 +215,81 @@ class Record:
             "time": self.time,
             **({} if self.errors is None else {"errors": self.errors}),
             **({} if not self.groups else {"groups": [g.to_json() for g in self.groups]}),
+            **({} if self.digests is None else {"digests": self.digests}),
         }
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> Record:
         if d.get("format") != FORMAT:
             raise CorruptDataError("not a deltackpt chain record")
-        if d.get("version") != VERSION:
-            raise UnsupportedError(f"chain record version {d.get('version')}")
-        base = d["base"]
+        if d.get("version") not in RECORD_VERSIONS:
+            raise UnsupportedError(
+                f"chain record version {d.get('version')}; this deltackpt reads versions "
+                f"{RECORD_VERSIONS}: upgrade it"
+            )
+        branch = disk_name(d["branch"], "branch", "record")
+        step, base = int(d["step"]), d["base"]
+        if base is not None:
+            base = (disk_name(base[0], "base branch", "record"), int(base[1]))
+        if not _is_digest(d["schema"]):
+            raise CorruptDataError(f"record: malformed schema name {d['schema']!r}")
+        if d["kind"] not in KINDS or not 0 <= int(d["level"]) <= KEYFRAME_LEVEL:
+            raise CorruptDataError(f"record: kind {d['kind']!r} / level {d['level']!r}")
         return Record(
-            branch=str(d["branch"]),
-            step=int(d["step"]),
+            branch=branch,
+            step=step,
             kind=str(d["kind"]),
             level=int(d["level"]),
             ordinal=int(d["ordinal"]),
-            base=(str(base[0]), int(base[1])) if base else None,
+            base=base,
             schema=str(d["schema"]),
             values=list(d["values"]),
             entries=[list(e) for e in d["entries"]],
-            files=file_names(str(d["prefix"]), int(d["nfiles"])),
+            files=file_names(_prefix(d, branch, step), _nfiles(d)),
             bits=int(d["bits"]),
             raw_bytes=int(d["raw_bytes"]),
             time=float(d["time"]),
             errors=_errors(d.get("errors"), len(d["entries"])),
             groups=[Group.from_json(g) for g in d["groups"]] if d.get("groups") else None,
+            digests=_digests(d, _nfiles(d)),
         )
+
+
+def _nfiles(d: dict[str, Any]) -> int:
+    """The record's file count: the group file and at most one file per tensor entry (a
+    forged count cannot ask for millions of names)."""
+    n = int(d["nfiles"])
+    if not 1 <= n <= len(d["entries"]) + 1:
+        raise CorruptDataError(f"record: {n} data files for {len(d['entries'])} tensors")
+    return n
+
+
+def _digests(d: dict[str, Any], n: int) -> list[str] | None:
+    """The data files' digests of a record (version 2; version 1 records have none)."""
+    raw = d.get("digests")
+    if d.get("version") == 1 and raw is None:
+        return None
+    if not (isinstance(raw, list) and len(raw) == n and all(map(_is_digest, raw))):
+        raise CorruptDataError("record: the digests of its data files are missing or malformed")
+    return list(raw)
+
+
+def _is_digest(x: Any) -> bool:
+    return isinstance(x, str) and len(x) == 32 and all(c in "0123456789abcdef" for c in x)
+
+
+def read_data(store: Store, rec: Record, index: int) -> bytes:
+    """The payload of data file ``index`` of ``rec``, checked against the digest the record
+    binds (a file swapped for another, even a valid one, is corrupt data naming it)."""
+    name = rec.files[index]
+    raw = store.read_raw(name)
+    payload = unframe(raw, name)
+    if rec.digests is not None and HEADER.unpack_from(raw)[1].hex() != rec.digests[index]:
+        raise CorruptDataError(
+            f"{name} is not the file record {rec.branch}/{rec.step} wrote (its digest differs):"
+            " it was replaced or swapped with another file; restore another step or the file"
+        )
+    return payload
 
 
 def _errors(raw: Any, n: int) -> list[list[float] | None] | None:
@@ -283,14 +345,34 @@ class Records:
         if rec is None:
             name = record_name(*rid)
             try:
-                raw = zlib.decompress(self.store.read(name))
-                rec = Record.from_json(json.loads(raw))
-            except (zlib.error, ValueError, KeyError, TypeError, IndexError) as e:
+                rec = Record.from_json(
+                    loads(inflate(self.store.read(name), name), name, MAX_RECORD_BYTES)
+                )
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
                 raise CorruptDataError(f"{name}: {e}") from e
             if rec.rid != rid:
                 raise CorruptDataError(f"{name}: record names {rec.rid}")
             self._records[rid] = rec
         return rec
+
+    def base(self, rec: Record) -> Record | None:
+        """The record ``rec`` is coded against (None for a keyframe), checked: an earlier step
+        of a level at least ``rec``'s. Steps strictly fall along bases, so no walk along them
+        can cycle; a forged self-base or loop is corrupt data, never a hang."""
+        if rec.base is None:
+            return None
+        where = f"{record_name(*rec.rid)}: base {rec.base[0]}/{rec.base[1]}"
+        if rec.kind == "keyframe":
+            raise CorruptDataError(f"{where}: a keyframe has no base")
+        if rec.base[1] >= rec.step:
+            raise CorruptDataError(f"{where} is not an earlier step (a forged or looping base)")
+        try:
+            base = self.record(rec.base)
+        except FileNotFoundError as e:
+            raise CorruptDataError(f"{where} is missing: the record was deleted or lost") from e
+        if base.level < rec.level:
+            raise CorruptDataError(f"{where} has level {base.level} below its own {rec.level}")
+        return base
 
     def known(self, rid: RecId) -> bool:
         """The record is committed (or was, in this process, and is still cached)."""
@@ -316,9 +398,9 @@ class Records:
             if hashlib.blake2b(raw, digest_size=16).hexdigest() != digest:
                 raise CorruptDataError(f"{name}: content does not match its name")
             try:
-                d = json.loads(raw)
+                d = loads(raw, name, MAX_SCHEMA_BYTES)
                 sch = Schema(d["tree"], d["tensors"])
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise CorruptDataError(f"{name}: {e}") from e
             self._schemas[digest] = sch
         return sch

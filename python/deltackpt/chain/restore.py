@@ -16,10 +16,10 @@ import concurrent.futures as cf
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import CorruptDataError, DeltackptError
+from ..errors import CorruptDataError, DeltackptError, StepNotFoundError
 from .blobs import FileCache, Link, apply_delta, checked, exact_value
-from .lockstep import MAX_DEPTH, decode_lockstep, needs_lockstep
-from .records import RecId, Record, Records, Schema
+from .lockstep import decode_lockstep, needs_lockstep
+from .records import MAX_DEPTH, RecId, Record, Records, Schema, record_name
 from .snapshot import rebuild
 
 
@@ -36,9 +36,11 @@ def base_chain(records: Records, rec: Record, path: str) -> list[Link]:
             raise CorruptDataError(f"tensor {path}: missing in base record {cur.rid}")
         entry = cur.entries[i]
         links.append((cur, entry, bool(sch.tensors[i].get("nonneg"))))
-        if entry[0] != "delta" or len(links) > MAX_DEPTH:
+        if entry[0] != "delta":
             return links
-        cur = records.record(cur.base) if cur.base is not None else None
+        if len(links) > MAX_DEPTH:
+            raise CorruptDataError(f"tensor {path}: a base chain deeper than {MAX_DEPTH}")
+        cur = records.base(cur)
 
 
 def decode_one(records: Records, rec: Record, meta: dict[str, Any], cache: FileCache) -> Any:
@@ -121,7 +123,31 @@ def decode_paths(
 
 
 def restore_state(records: Records, rid: RecId, threads: int) -> Any:
-    """The whole state saved as ``rid``, nested as it was saved."""
+    """The whole state saved as ``rid``, nested as it was saved. A step retired by retention
+    while it is read is :class:`StepNotFoundError`; one replaced (a branch point rewriting it
+    as a keyframe) is read again."""
+    for attempt in (0, 1):
+        try:
+            return _restore_state(records, rid, threads)
+        except (CorruptDataError, FileNotFoundError) as e:
+            records.clear()  # what was read may be stale: read the record afresh
+            if not records.store.exists(record_name(*rid)):
+                raise StepNotFoundError(
+                    f"step {rid[1]} of branch {rid[0]!r} was retired (max_to_keep) or deleted "
+                    "while it was being read: restore a step that is kept"
+                ) from e
+            if attempt or not _replaced(records, rid, e):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _replaced(records: Records, rid: RecId, e: Exception) -> bool:
+    """The failure was a data file gone because the record was rewritten meanwhile."""
+    missing = isinstance(e, FileNotFoundError) or isinstance(e.__cause__, FileNotFoundError)
+    return missing and all(records.store.exists(f) for f in records.record(rid).files)
+
+
+def _restore_state(records: Records, rid: RecId, threads: int) -> Any:
     rec = records.record(rid)
     try:
         sch = records.schema(rec.schema)

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..errors import CorruptDataError
 from .branches import branch_file, branch_info, branch_names, point_file, read_points
 from .config import ChainConfig
-from .records import RecId, Records, all_records, own_steps, record_name, schema_name
+from .records import (
+    RecId,
+    Records,
+    all_records,
+    data_dir,
+    own_steps,
+    record_name,
+    schema_name,
+)
 
 
 def roots_excluding(records: Records, branch: str | None) -> set[RecId]:
@@ -41,9 +50,9 @@ def live_closure(records: Records, roots: set[RecId]) -> set[RecId]:
         if rid in live:
             continue
         live.add(rid)
-        base = records.record(rid).base
+        base = records.base(records.record(rid))
         if base is not None:
-            todo.append(base)
+            todo.append(base.rid)
     return live
 
 
@@ -100,13 +109,18 @@ def collect_garbage(records: Records) -> None:
     store.remove_temporaries()
     used_files: set[str] = set()
     used_schemas: set[str] = set()
+    unreadable: list[str] = []  # data prefixes of damaged records: kept, verify reports them
     for rid in all_records(store):
-        rec = records.record(rid)
+        try:
+            rec = records.record(rid)
+        except CorruptDataError:
+            unreadable.append(f"{data_dir(rid[0])}/{rid[1]:012d}-")
+            continue
         used_files.update(rec.files)
         used_schemas.add(schema_name(rec.schema))
     for name in store.list("data"):
-        if name not in used_files:
+        if name not in used_files and not name.startswith(tuple(unreadable)):
             store.delete(name)
     for name in store.list("schemas"):
-        if name not in used_schemas:
+        if name not in used_schemas and not unreadable:  # a damaged record's is unknown
             store.delete(name)

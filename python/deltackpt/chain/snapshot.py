@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._tensors import writable_host
-from ..errors import CorruptDataError, NonFiniteError
+from ..errors import CorruptDataError, InvalidArgumentError, NonFiniteError
 
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
 # Optimizer moments: coded with ``optimizer_bits`` even outside an optimizer's state_dict.
@@ -102,9 +102,39 @@ def copy_tensor(x: Any, spare: Any = None) -> Any:
             np.copyto(spare, x)
             return spare
         return spare.copy_(x.detach())
-    if isinstance(x, np.ndarray):
-        return np.array(x, copy=True, order="C")
+    if isinstance(x, np.ndarray):  # in native byte order: raw bytes are read back native
+        return np.array(x, dtype=x.dtype.newbyteorder("="), copy=True, order="C")
     return x.detach().to("cpu", copy=True).contiguous()
+
+
+def check_storable(x: Any, path: list[Any]) -> None:
+    """Refuse, before anything is written, a tensor the chain could not restore exactly:
+    numpy strings, objects (heap pointers), structured and datetime arrays; torch quantized
+    (scale and zero point would be lost), meta (no data), sparse and nested tensors."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind in "OUSVMm" or x.dtype.fields is not None:
+            raise InvalidArgumentError(
+                f"cannot store the numpy array at {path}: dtype {x.dtype} is not numeric; "
+                "the chain stores numeric, bool and float arrays (convert, or keep it as a "
+                "JSON value)"
+            )
+        return
+    problem = (
+        "quantized"
+        if x.is_quantized
+        else "meta (it has no data)"
+        if x.is_meta
+        else "sparse"
+        if x.layout != torch_module().strided
+        else "nested"
+        if getattr(x, "is_nested", False)
+        else None
+    )
+    if problem:
+        raise InvalidArgumentError(
+            f"cannot store the torch tensor at {path}: it is {problem}; save a dense, "
+            "materialized tensor (x.dequantize(), x.to_dense(), or real data for meta tensors)"
+        )
 
 
 def snapshot(state: Any, spare: dict[str, Any] | None = None) -> Snapshot:
@@ -115,6 +145,7 @@ def snapshot(state: Any, spare: dict[str, Any] | None = None) -> Snapshot:
 
     def walk(obj: Any, path: list[Any], optim: bool) -> Any:
         if is_torch(obj) or isinstance(obj, np.ndarray):
+            check_storable(obj, path)
             key = json.dumps(path)
             last = path[-1] if path else None
             leaves.append(

@@ -33,19 +33,23 @@ impl From<DkError> for PyErr {
             E::ReferenceMismatch(_) => "ReferenceMismatchError",
             E::InvalidArgument(_) => "InvalidArgumentError",
         };
-        let msg = e.to_string();
-        Python::attach(|py| {
-            let module =
-                ERRORS.get_or_try_init(py, || py.import("deltackpt.errors").map(|m| m.unbind()));
-            match module.and_then(|m| m.bind(py).getattr(name)) {
-                Ok(cls) => match cls.cast_into::<PyType>() {
-                    Ok(t) => PyErr::from_type(t, msg),
-                    Err(_) => PyException::new_err(msg),
-                },
-                Err(_) => PyException::new_err(msg),
-            }
-        })
+        python_error(name, e.to_string())
     }
+}
+
+/// An instance of the class `name` of `deltackpt.errors` with message `msg`.
+fn python_error(name: &str, msg: String) -> PyErr {
+    Python::attach(|py| {
+        let module =
+            ERRORS.get_or_try_init(py, || py.import("deltackpt.errors").map(|m| m.unbind()));
+        match module.and_then(|m| m.bind(py).getattr(name)) {
+            Ok(cls) => match cls.cast_into::<PyType>() {
+                Ok(t) => PyErr::from_type(t, msg),
+                Err(_) => PyException::new_err(msg),
+            },
+            Err(_) => PyException::new_err(msg),
+        }
+    })
 }
 
 /// A bound from its Python name and values.
@@ -72,9 +76,22 @@ type DecodedTuple<'py> = (String, Vec<u64>, u8, Bound<'py, PyArray1<u8>>);
 /// `(symbols, table)` of the exponent quantizer.
 type SymbolsTable<'py, T> = (Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<T>>);
 
-/// Run heavy work without the GIL: the one helper every binding uses.
-fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
-    py.detach(f)
+/// Run heavy work without the GIL: the one helper every binding uses. A panic in the core (a
+/// bug, or no worker thread could be started) becomes `deltackpt.errors.InternalError`, a
+/// `DeltackptError`, never pyo3's `PanicException` (which `except Exception` misses).
+fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+        .map_err(|payload| {
+            let what = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            python_error(
+                "InternalError",
+                format!("deltackpt's core failed: {what}; nothing was returned"),
+            )
+        })
 }
 
 #[pyfunction]
@@ -145,7 +162,7 @@ fn encode<'py>(
         Some(out) if in_place => deltackpt::encode_update(x, out, &opts),
         Some(out) => deltackpt::encode_reconstruct(x, reference, &opts, out),
         None => deltackpt::encode(x, reference, &opts),
-    })
+    })?
     .map_err(DkError)?;
     Ok(PyBytes::new(py, &blob))
 }
@@ -160,7 +177,8 @@ fn decode<'py>(
 ) -> PyResult<DecodedTuple<'py>> {
     let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
     let moment = moment.as_ref().map(|m| m.as_slice()).transpose()?;
-    let d = without_gil(py, || deltackpt::decode_with(blob, reference, moment)).map_err(DkError)?;
+    let d =
+        without_gil(py, || deltackpt::decode_with(blob, reference, moment))?.map_err(DkError)?;
     Ok((
         d.dtype.name().to_string(),
         d.shape,
@@ -184,12 +202,12 @@ fn decode_into<'py>(
     let out = out.as_slice_mut()?;
     let moment = moment.as_ref().map(|m| m.as_slice()).transpose()?;
     let h = if in_place {
-        without_gil(py, || deltackpt::decode_update_with(blob, out, moment))
+        without_gil(py, || deltackpt::decode_update_with(blob, out, moment))?
     } else {
         let reference = reference.as_ref().map(|r| r.as_slice()).transpose()?;
         without_gil(py, || {
             deltackpt::decode_into_with(blob, reference, moment, out)
-        })
+        })?
     }
     .map_err(DkError)?;
     Ok((h.dtype.name().to_string(), h.shape, h.tag))
@@ -212,15 +230,15 @@ fn delta_histogram<'py>(
         shape: &shape,
         data,
     };
-    let h = without_gil(py, || deltackpt::delta_histogram(x, reference)).map_err(DkError)?;
+    let h = without_gil(py, || deltackpt::delta_histogram(x, reference))?.map_err(DkError)?;
     Ok(PyArray1::from_vec(py, h))
 }
 
 /// xxh3-128 of `data` (16 bytes, little-endian): the checksum of framed chain files.
 #[pyfunction]
-fn checksum128<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
-    let sum = without_gil(py, || deltackpt::format::checksum128(data));
-    PyBytes::new(py, &sum)
+fn checksum128<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let sum = without_gil(py, || deltackpt::format::checksum128(data))?;
+    Ok(PyBytes::new(py, &sum))
 }
 
 #[pyfunction]
@@ -288,13 +306,13 @@ fn codec_encode<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let coder = Coder::from_name(coder).map_err(DkError)?;
     let s = symbols.as_slice()?;
-    let blob = without_gil(py, || entropy::encode(s, coder)).map_err(DkError)?;
+    let blob = without_gil(py, || entropy::encode(s, coder))?.map_err(DkError)?;
     Ok(PyBytes::new(py, &blob))
 }
 
 #[pyfunction]
 fn codec_decode<'py>(py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyArray1<u8>>> {
-    let v = without_gil(py, || entropy::decode(blob)).map_err(DkError)?;
+    let v = without_gil(py, || entropy::decode(blob))?.map_err(DkError)?;
     Ok(PyArray1::from_vec(py, v))
 }
 
@@ -309,7 +327,7 @@ fn quant_exponent<'py, T: exponent::ExpFloat + numpy::Element>(
     let x = delta.as_slice()?;
     let (s, t) = without_gil(py, || {
         deltackpt::parallel::install(|| exponent::quantize(x, bits, value))
-    })
+    })?
     .map_err(DkError)?;
     Ok((PyArray1::from_vec(py, s), PyArray1::from_vec(py, t)))
 }
@@ -352,7 +370,7 @@ fn quant_uniform<'py>(
         } else {
             uniform::quantize_per_channel(x, channels, bits, symmetric)
         }
-    })
+    })?
     .map_err(DkError)?;
     Ok((PyArray1::from_vec(py, codes), unpack_uniform(&params)))
 }
@@ -388,7 +406,7 @@ fn quant_uniform_dequantize<'py>(
         q.validate().map_err(DkError)?;
     }
     let c = codes.as_slice()?;
-    let v = without_gil(py, || uniform::dequantize_per_channel::<f64>(c, &p)).map_err(DkError)?;
+    let v = without_gil(py, || uniform::dequantize_per_channel::<f64>(c, &p))?.map_err(DkError)?;
     Ok(PyArray1::from_vec(py, v))
 }
 
@@ -401,7 +419,7 @@ fn quant_babai<'py>(
     bits: u32,
 ) -> PyResult<Bound<'py, PyArray1<i32>>> {
     let (b, basis) = (blocks.as_slice()?, basis.as_slice()?);
-    let codes = without_gil(py, || lattice::babai(b, n, basis, bits)).map_err(DkError)?;
+    let codes = without_gil(py, || lattice::babai(b, n, basis, bits))?.map_err(DkError)?;
     Ok(PyArray1::from_vec(py, codes))
 }
 
@@ -413,7 +431,7 @@ fn quant_lattice_dequantize<'py>(
     basis: PyReadonlyArray1<'py, f32>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let (c, basis) = (codes.as_slice()?, basis.as_slice()?);
-    let v = without_gil(py, || lattice::dequantize::<f64>(c, n, basis)).map_err(DkError)?;
+    let v = without_gil(py, || lattice::dequantize::<f64>(c, n, basis))?.map_err(DkError)?;
     Ok(PyArray1::from_vec(py, v))
 }
 
@@ -443,7 +461,7 @@ fn quant_find_basis<'py>(
         } else {
             lattice::find_basis_per_channel(b, n, channels, bits, &opts)
         }
-    })
+    })?
     .map_err(DkError)?;
     Ok(PyArray1::from_vec(py, basis))
 }
@@ -460,7 +478,7 @@ fn quant_lattice_error<'py>(
 ) -> PyResult<f64> {
     let loss: lattice::Loss = loss.parse().map_err(DkError)?;
     let (b, basis) = (blocks.as_slice()?, basis.as_slice()?);
-    Ok(without_gil(py, || lattice::error(b, n, basis, bits, loss)).map_err(DkError)?)
+    Ok(without_gil(py, || lattice::error(b, n, basis, bits, loss))?.map_err(DkError)?)
 }
 
 #[pyfunction]
