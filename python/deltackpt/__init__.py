@@ -16,11 +16,11 @@ from .errors import (
     CorruptDataError,
     DeltackptError,
     InvalidArgumentError,
+    LockedError,
     NonFiniteError,
     ReferenceMismatchError,
     UnsupportedError,
 )
-from .store import LockedError
 
 __all__ = [
     "__version__",

@@ -9,6 +9,7 @@ __all__ = [
     "NonFiniteError",
     "ReferenceMismatchError",
     "InvalidArgumentError",
+    "LockedError",
 ]
 
 
@@ -34,3 +35,7 @@ class ReferenceMismatchError(CorruptDataError, ValueError):
 
 class InvalidArgumentError(DeltackptError, ValueError):
     """An argument is out of range or of the wrong kind."""
+
+
+class LockedError(DeltackptError, RuntimeError):
+    """Another live writer holds the chain's lock (open with ``mode="r"`` to read meanwhile)."""

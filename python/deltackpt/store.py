@@ -46,17 +46,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._core import checksum128
-from .errors import CorruptDataError
+from .errors import CorruptDataError, LockedError
 
 MAGIC = b"DKF2"
 MAGIC_BLAKE2 = b"DKF1"  # read only
 HEADER = struct.Struct("<4s16sQ")
 TMP_MARKER = ".tmp-"
 LOCK_NAME = "LOCK"
-
-
-class LockedError(RuntimeError):
-    """Another live writer holds the chain's lock."""
 
 
 def frame_header(payload: bytes) -> bytes:
