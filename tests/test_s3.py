@@ -3,6 +3,7 @@ through s3fs): round trips exact, the second writer refused (tests/s3_server.py)
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,6 +113,8 @@ def test_dcp_round_trip_on_s3(s3: S3, tmp_path: Path) -> None:
             err = dcp_error(_quiet, dcp.save, states[0], storage_writer=second, checkpoint_id="9")
         assert isinstance(err, dk.LockedError)
     assert committed_steps(open_store(url)) == [0, 1, 2, 3]
+    doc = json.loads(open_store(url).read("dcp/main/000000000003.json"))
+    assert doc["epoch"] == 1  # the coordinator's lease epoch, in the commit
     with ChainWriter(tmp_path / "dcp") as w:
         for i, sd in enumerate(states):
             _quiet(dcp.save, sd, storage_writer=w, checkpoint_id=str(i))

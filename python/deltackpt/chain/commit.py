@@ -20,7 +20,7 @@ import numpy as np
 
 from .._api import encode
 from .._api import inspect as inspect_blob
-from ..errors import NonFiniteError
+from ..errors import LockedError, NonFiniteError
 from ..store import Store
 from .branches import history
 from .config import ChainConfig
@@ -291,10 +291,12 @@ def commit(
         coded = coder.code_all(snap, files)
         names = files.finish()
         schema = records.put_schema(snap)
-        rec = _record(branch, step, plan, base, snap, coded, names, schema, cfg)
+        rec = _record(
+            branch, step, plan, base, snap, coded, names, schema, cfg, records.store.epoch
+        )
         old = records.record(rec.rid) if replace else None
         records.store.sync_dirs({data_dir(branch)})  # data durable before the commit
-        records.put(rec)
+        _put(records, rec, replace)
     except BaseException:
         refs.stale = refs.stale or coder.updated_references
         files.discard()
@@ -305,6 +307,19 @@ def commit(
                 records.store.delete(name)
     refs.advance(Level(plan.level, rec.rid, coded.recon, coded.meta), snap)
     return rec
+
+
+def _put(records: Records, rec: Record, replace: bool) -> None:
+    """The commit: a new record is created only if absent, so a writer that lost its lock
+    (a lease taken over while it was paused) never replaces the new writer's commit."""
+    try:
+        records.put(rec, create=not replace)
+    except FileExistsError:
+        raise LockedError(
+            f"step {rec.step} of branch {rec.branch} in {records.store.url} was committed by "
+            "another writer meanwhile: this writer no longer holds the chain; reopen it to "
+            "continue from its latest commit"
+        ) from None
 
 
 def _plan(records: Records, refs: References, cfg: ChainConfig, step: int, exact: bool) -> Plan:
@@ -323,6 +338,7 @@ def _record(
     files: list[str],
     schema: str,
     cfg: ChainConfig,
+    epoch: int | None,
 ) -> Record:
     """The record of a coded save (not written yet)."""
     return Record(
@@ -341,4 +357,5 @@ def _record(
         bits=cfg.bits,
         raw_bytes=sum(lf.nbytes for lf in snap.leaves),
         time=time.time(),
+        epoch=epoch,
     )

@@ -177,6 +177,8 @@ class Record:
     errors: list[list[float] | None] | None = None
     # small tensors coded together (entries ["group", g] point here)
     groups: list[Group] | None = None
+    # the writer epoch (fencing token) of the lease the writer held (fsspec stores), or None
+    epoch: int | None = None
 
     @property
     def rid(self) -> RecId:
@@ -202,6 +204,7 @@ class Record:
             "time": self.time,
             **({} if self.errors is None else {"errors": self.errors}),
             **({} if not self.groups else {"groups": [g.to_json() for g in self.groups]}),
+            **({} if self.epoch is None else {"epoch": self.epoch}),
         }
 
     @staticmethod
@@ -227,6 +230,7 @@ class Record:
             time=float(d["time"]),
             errors=_errors(d.get("errors"), len(d["entries"])),
             groups=[Group.from_json(g) for g in d["groups"]] if d.get("groups") else None,
+            epoch=None if d.get("epoch") is None else int(d["epoch"]),
         )
 
 
@@ -296,9 +300,11 @@ class Records:
         """The record is committed (or was, in this process, and is still cached)."""
         return rid in self._records or self.store.exists(record_name(*rid))
 
-    def put(self, rec: Record) -> None:
-        """Write ``rec`` (the commit of its save: its data must be durable already)."""
-        self.store.write(record_name(*rec.rid), zlib.compress(dumps(rec.to_json()), 6))
+    def put(self, rec: Record, *, create: bool = False) -> None:
+        """Write ``rec`` (the commit of its save: its data must be durable already); with
+        ``create``, ``FileExistsError`` if that record exists (another writer's commit)."""
+        payload = zlib.compress(dumps(rec.to_json()), 6)
+        self.store.write(record_name(*rec.rid), payload, create=create)
         self._records[rec.rid] = rec
 
     def forget(self, rid: RecId) -> None:
