@@ -19,6 +19,7 @@ from .errors import (
     LockedError,
     NonFiniteError,
     ReferenceMismatchError,
+    SaveError,
     UnsupportedError,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidArgumentError",
     "CheckpointChain",
     "LockedError",
+    "SaveError",
 ]
 
 

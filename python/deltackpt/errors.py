@@ -10,6 +10,7 @@ __all__ = [
     "ReferenceMismatchError",
     "InvalidArgumentError",
     "LockedError",
+    "SaveError",
 ]
 
 
@@ -39,3 +40,10 @@ class InvalidArgumentError(DeltackptError, ValueError):
 
 class LockedError(DeltackptError, RuntimeError):
     """Another live writer holds the chain's lock (open with ``mode="r"`` to read meanwhile)."""
+
+
+class SaveError(DeltackptError):
+    """A background save (``async_save=True``) failed: ``step`` names it, ``__cause__`` is
+    the original error. Nothing of that save was committed."""
+
+    step: int | None = None

@@ -276,6 +276,7 @@ def commit(
 
     ``replace`` rewrites that step's record as an exact keyframe (a branch point).
     """
+    snap.wait_ready()  # CUDA: the device-to-host copies are complete
     if refs.stale:  # a failed save had started updating references in place
         refs.rebuild(records, history(records.store, branch), cfg.threads)
     if not exact:
