@@ -284,7 +284,9 @@ def commit(
             if leaf.is_float:
                 check_finite(leaf)
     plan = _plan(records, refs, cfg, step, exact or replace)
-    base = None if plan.base is None else refs.levels[plan.base]
+    base = None
+    if plan.base is not None:  # only the top is in RAM: an anchor's base comes from disk
+        base = refs.base(plan.base, records)
     coder = TensorCoder(cfg, refs, base, plan.level, snap)
     prefix = data_prefix(branch, step, os.urandom(4).hex())
     files = DataFiles(records.store, prefix, cfg.group_below)
