@@ -653,3 +653,24 @@ def test_a_failed_save_leaves_the_writer_consistent(
         for s, u in truth.items():
             r = chain.restore(s)["w"]  # a wrong reference would raise ReferenceMismatchError
             assert float((r - u).norm() / u.norm()) < 0.01
+
+
+def test_stats_report_the_blocks_the_file_system_allocates(tmp_path):
+    """stats()["allocated_bytes"] is what du counts for the chain's files (whole blocks), so a
+    user sees the disk cost of many small files; stores that cannot tell say None."""
+    rng = np.random.default_rng(0)
+    state = {"w": rng.standard_normal(3000).astype(np.float32), "b": np.zeros(7, np.float32)}
+    with dk.CheckpointChain(str(tmp_path / "c")) as chain:
+        for step in range(5):
+            state = {k: v + 0.01 for k, v in state.items()}
+            chain.save(step, state)
+        st = chain.stats()
+    blocks = 0
+    for sub in ("records", "data", "schemas"):
+        for root, _, files in os.walk(tmp_path / "c" / sub):
+            blocks += sum(os.stat(os.path.join(root, f)).st_blocks * 512 for f in files)
+    assert st["allocated_bytes"] == blocks
+    assert st["allocated_bytes"] >= st["stored_bytes"] > 0
+    with dk.CheckpointChain("memory://stats-alloc") as chain:
+        chain.save(0, state)
+        assert chain.stats()["allocated_bytes"] is None

@@ -173,6 +173,11 @@ class Store:
         """Stored size of ``name`` in bytes."""
         raise NotImplementedError
 
+    def allocated(self, name: str) -> int | None:
+        """Bytes the file system allocates to ``name`` (whole blocks), or None where the
+        store cannot tell (object stores bill the stored size)."""
+        return None
+
     def remove_temporaries(self) -> int:
         """Delete leftovers of unfinished writes; return how many. Writers only."""
         leftovers = [n for n in self._list_all("") if TMP_MARKER in n.rsplit("/", 1)[-1]]
@@ -296,6 +301,9 @@ class LocalStore(Store):
 
     def size(self, name: str) -> int:
         return os.path.getsize(self._path(name))
+
+    def allocated(self, name: str) -> int | None:
+        return os.stat(self._path(name)).st_blocks * 512
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:

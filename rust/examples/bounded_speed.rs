@@ -1,5 +1,6 @@
 //! Single-thread speed of the error-bounded encode and decode on a synthetic delta, beside a
-//! memcpy of the same bytes: `cargo run --release --example bounded_speed [rel|abs|pw]`.
+//! memcpy of the same bytes: `cargo run --release --example bounded_speed [rel|abs|pw|lc]`
+//! (`lc`: the exponent quantizer, 3 bits). Run with `DELTACKPT_NUM_THREADS=1`.
 use std::time::Instant;
 
 use deltackpt::{
@@ -38,10 +39,19 @@ fn main() {
         "pw" => Bound::Pointwise(0.01),
         _ => Bound::Rel(1e-3),
     };
-    let opts = EncodeOptions {
-        quantizer: Quantizer::Bounded,
-        bound: Some(bound),
-        ..Default::default()
+    let opts = if arg == "lc" {
+        // LC-checkpoint's exponent buckets, 3 bits (the comparison of the speed floors)
+        EncodeOptions {
+            quantizer: Quantizer::Exponent,
+            bits: 3,
+            ..Default::default()
+        }
+    } else {
+        EncodeOptions {
+            quantizer: Quantizer::Bounded,
+            bound: Some(bound),
+            ..Default::default()
+        }
     };
     let reps = 5;
     let t0 = Instant::now();

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::bounded_kernels::{
     self as kernels, Bf16E, ChunkCode, Elem, Errors, Grid, RefSrc, F16E, F32E, F64E,
 };
-use crate::entropy::levels::{self, ESCAPE};
+use crate::entropy::levels::Tokens;
 use crate::entropy::{self, Coder};
 use crate::error::{Error, Result};
 use crate::float::DType;
@@ -47,6 +47,8 @@ struct Plan {
     theta: f64,
     /// Fingerprint of `v` (`Moment`), else 0.
     moment_hash: u64,
+    /// How levels become tokens.
+    tokens: Tokens,
 }
 
 /// What the encoder measured on the reconstruction it wrote.
@@ -98,6 +100,8 @@ pub struct BoundedParams {
     pub theta: f64,
     /// xxh3-64 of the second moment (`Moment` bounds), else 0.
     pub moment_hash: u64,
+    /// How the levels became tokens.
+    pub tokens: Tokens,
     /// What the encoder measured.
     pub measured: Measured,
 }
@@ -105,7 +109,9 @@ pub struct BoundedParams {
 fn write_params(plan: &Plan, m: &Measured) -> Vec<u8> {
     let mut p = Vec::with_capacity(PARAMS_LEN + 16);
     let theta = THETAS.iter().position(|&t| t == plan.theta).unwrap_or(0);
-    p.extend_from_slice(&[plan.bound.id(), theta as u8]);
+    // The token scheme in the high nibble (0: the narrow scheme of the first blobs).
+    let scheme = (plan.tokens.log() - Tokens::NARROW.log()) as u8;
+    p.extend_from_slice(&[plan.bound.id(), theta as u8 | scheme << 4]);
     p.extend_from_slice(&plan.bound.value().to_le_bytes());
     p.extend_from_slice(&plan.step.to_le_bytes());
     if plan.bound.needs_moment() {
@@ -130,8 +136,10 @@ pub fn read_params(p: &[u8]) -> Result<BoundedParams> {
     }
     let f64_at = |i: usize| f64::from_le_bytes(p[i..i + 8].try_into().unwrap());
     let f32_at = |i: usize| f32::from_le_bytes(p[i..i + 4].try_into().unwrap()) as f64;
+    let tokens = Tokens::new(Tokens::NARROW.log() + (p[1] >> 4) as u32)
+        .ok_or_else(|| Error::corrupt("bounded parameters: unknown token scheme"))?;
     let theta = *THETAS
-        .get(p[1] as usize)
+        .get((p[1] & 15) as usize)
         .ok_or_else(|| Error::corrupt("bounded parameters: unknown rounding offset"))?;
     let (value, step) = (f64_at(2), f64_at(10));
     let (eps, moment_hash, tail) = if moment {
@@ -156,6 +164,7 @@ pub fn read_params(p: &[u8]) -> Result<BoundedParams> {
         step,
         theta,
         moment_hash,
+        tokens,
         measured: Measured {
             max_abs: f32_at(tail),
             rel_l2: f32_at(tail + 4),
@@ -219,14 +228,49 @@ fn encode_typed<E: Elem>(
     coder: Coder,
 ) -> Result<Option<Coded>> {
     check_finite::<E>(data, target.reference())?;
-    let Some(plan) = make_plan::<E>(data, target.reference(), moment, bound, chunk_elems) else {
+    // A relative bound's proposed grid nearly always holds: code with it and check the sums
+    // the encoder measured, instead of a checking pass first — unless the reference is the
+    // output (then a miss could not be coded again).
+    let optimistic = matches!(bound, Bound::Rel(_)) && !matches!(target, Target::Update(_));
+    let plan_of =
+        |r: Option<&[u8]>, checked| make_plan::<E>(data, r, moment, bound, chunk_elems, checked);
+    let Some(mut plan) = plan_of(target.reference(), !optimistic) else {
         return Ok(None);
     };
+    let (mut chunks, mut errors) = code_all::<E>(&plan, data, target, moment, chunk_elems, coder)?;
+    if optimistic && !holds_rel(bound, &errors) {
+        let Some(checked) = plan_of(target.reference(), true) else {
+            return Ok(None);
+        };
+        plan = checked;
+        (chunks, errors) = code_all::<E>(&plan, data, target, moment, chunk_elems, coder)?;
+    }
+    Ok(Some((chunks, write_params(&plan, &summary(&errors)))))
+}
+
+/// Whether the errors an encode measured keep a relative bound (a hair below the budget:
+/// a check sums the same errors in another order).
+fn holds_rel(bound: Bound, m: &Errors) -> bool {
+    match bound {
+        Bound::Rel(e) => m.sumsq_err <= e * e * m.sumsq_x * (1.0 - 1e-9),
+        _ => true,
+    }
+}
+
+/// Every chunk coded under `plan`, in parallel, with the errors summed over chunks.
+fn code_all<E: Elem>(
+    plan: &Plan,
+    data: &[u8],
+    target: &mut Target<'_>,
+    moment: Option<&[u8]>,
+    chunk_elems: usize,
+    coder: Coder,
+) -> Result<(Vec<Vec<u8>>, Errors)> {
     let chunk_bytes = chunk_elems * E::SIZE;
     let xs = data.par_chunks(chunk_bytes).enumerate();
     let vc = |i: usize, len: usize| chunk_of(moment, i, chunk_bytes, len);
     let run = |xc: &[u8], r: RefSrc<'_>, v: Option<&[u8]>, out: Option<&mut [u8]>| {
-        code_chunk(encode_chunk::<E>(&plan, xc, r, v, out), coder)
+        code_chunk(encode_chunk::<E>(plan, xc, r, v, out), coder)
     };
     let parts: Vec<(Vec<u8>, Errors)> = match target {
         Target::Plain(r) => xs
@@ -247,13 +291,10 @@ fn encode_typed<E: Elem>(
             .map(|((i, xc), oc)| run(xc, RefSrc::Out, vc(i, xc.len()), Some(oc)))
             .collect::<Result<_>>()?,
     };
-    let measured = summary(
-        &parts
-            .iter()
-            .fold(Errors::default(), |a, (_, m)| a.merge(*m)),
-    );
-    let chunks = parts.into_iter().map(|(c, _)| c).collect();
-    Ok(Some((chunks, write_params(&plan, &measured))))
+    let errors = parts
+        .iter()
+        .fold(Errors::default(), |a, (_, m)| a.merge(*m));
+    Ok((parts.into_iter().map(|(c, _)| c).collect(), errors))
 }
 
 /// Lossy bounds need finite input (the reference too: its non-finite values would make the
@@ -264,7 +305,7 @@ fn check_finite<E: Elem>(data: &[u8], reference: Option<&[u8]>) -> Result<()> {
         let bad = |c: &[u8]| !E::load(c).to_f64().is_finite();
         let count = b
             .par_chunks(E::SIZE << 14)
-            .map(|c| c.chunks_exact(E::SIZE).filter(|e| bad(e)).count() as u64)
+            .map(kernels::nonfinite_count::<E>)
             .sum::<u64>();
         if count > 0 {
             let first = b.chunks_exact(E::SIZE).position(bad).unwrap_or(0) as u64;
@@ -284,6 +325,7 @@ fn make_plan<E: Elem>(
     moment: Option<&[u8]>,
     bound: Bound,
     chunk_elems: usize,
+    checked: bool,
 ) -> Option<Plan> {
     let moment_hash = moment.map_or(0, xxhash_rust::xxh3::xxh3_64);
     let plan = |step, theta| Plan {
@@ -291,6 +333,7 @@ fn make_plan<E: Elem>(
         step,
         theta,
         moment_hash,
+        tokens: Tokens::WIDE,
     };
     match bound {
         Bound::Abs(t) | Bound::Moment { t, .. } => {
@@ -298,19 +341,23 @@ fn make_plan<E: Elem>(
             (step > 0.0 && E::W::from_f64(step).to_f64() > 0.0).then(|| plan(step, 0.5))
         }
         Bound::Pointwise(rho) => q::pointwise_step(rho, E::MANTISSA).map(|k| plan(k as f64, 0.5)),
-        Bound::Rel(e) => plan_rel::<E>(data, reference, e, chunk_elems).map(|(s, t)| plan(s, t)),
+        Bound::Rel(e) => {
+            plan_rel::<E>(data, reference, e, chunk_elems, checked).map(|(s, t)| plan(s, t))
+        }
         Bound::Each => Some(plan(q::grid_step(1.0), 0.5)),
     }
 }
 
 /// The grid of a relative bound: a histogram of a sample proposes a step and offset, then an
 /// exact pass over the whole tensor (the same arithmetic as the encoder) picks the largest
-/// candidate step that keeps the bound.
+/// candidate step that keeps the bound; unchecked, the first candidate (the encoder then
+/// checks what it measured).
 fn plan_rel<E: Elem>(
     data: &[u8],
     reference: Option<&[u8]>,
     e: f64,
     chunk_elems: usize,
+    checked: bool,
 ) -> Option<(f64, f64)> {
     let n = data.len() / E::SIZE;
     let blocks = n.div_ceil(PLAN_BLOCK);
@@ -333,6 +380,9 @@ fn plan_rel<E: Elem>(
     let (step, theta) = hist.plan(e, PLAN_FILL)?;
     // Steps below the working precision's normal range would only produce escapes.
     let tiny = E::W::min_normal();
+    if !checked {
+        return Some(((CANDIDATES[0] * step).max(tiny), theta));
+    }
     let chunk_bytes = chunk_elems * E::SIZE;
     // The exact check, one candidate a pass: the first (the plan's) passes nearly always.
     for c in CANDIDATES {
@@ -402,8 +452,10 @@ fn encode_chunk<E: Elem>(
     out: Option<&mut [u8]>,
 ) -> ChunkCode {
     match plan.bound {
-        Bound::Pointwise(rho) => kernels::encode_key_chunk::<E>(x, r, plan.step as u64, rho, out),
-        _ => kernels::encode_grid_chunk::<E>(x, r, &grid_of(plan, v), plan.theta, out),
+        Bound::Pointwise(rho) => {
+            kernels::encode_key_chunk::<E>(x, r, plan.step as u64, rho, plan.tokens, out)
+        }
+        _ => kernels::encode_grid_chunk::<E>(x, r, &grid_of(plan, v), plan.theta, plan.tokens, out),
     }
 }
 
@@ -455,6 +507,7 @@ pub(crate) fn decode(
         step: p.step,
         theta: p.theta,
         moment_hash: p.moment_hash,
+        tokens: p.tokens,
     };
     match dtype {
         DType::F32 => decode_typed::<F32E>(&plan, chunks, chunk_elems, base, moment, out),
@@ -512,9 +565,11 @@ fn decode_chunk<E: Elem>(
     entropy::decode_into(tok_stream, &mut tokens)?;
     match plan.bound {
         Bound::Pointwise(_) => {
-            kernels::decode_key_chunk::<E>(&tokens, extra, r, plan.step as u64, out)
+            kernels::decode_key_chunk::<E>(&tokens, extra, plan.tokens, r, plan.step as u64, out)
         }
-        _ => kernels::decode_grid_chunk::<E>(&tokens, extra, r, &grid_of(plan, v), out),
+        _ => {
+            kernels::decode_grid_chunk::<E>(&tokens, extra, plan.tokens, r, &grid_of(plan, v), out)
+        }
     }
 }
 
@@ -522,5 +577,3 @@ fn decode_chunk<E: Elem>(
 pub(crate) fn token_stream(chunk: &[u8]) -> Result<&[u8]> {
     split_chunk(chunk).map(|(t, _)| t)
 }
-
-const _: () = assert!(ESCAPE as usize + 1 == levels::TOKENS);

@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::thread::LocalKey;
 
 use crate::entropy::bitio::{BitReader, BitWriter};
-use crate::entropy::levels::{self, Level};
+use crate::entropy::levels::{self, Level, Tokens};
 use crate::error::{Error, Result};
 use crate::quant::bounded::{self as q, GridFloat};
 
@@ -301,6 +301,21 @@ pub(crate) enum Grid<'a> {
     Each { c: f64, s: &'a [u8] },
 }
 
+lane_loop! {
+    /// How many elements of `b` are not finite (their magnitude bits above the largest
+    /// finite one): a scan of raw bits, with no conversion.
+    fn count_nonfinite / count_nonfinite_avx2 / count_nonfinite_body <E: Elem>(b: &[u8]) -> u64 {
+        let mask = (1u64 << (E::SIZE * 8 - 1)) - 1;
+        let max = E::MAX_KEY as u64;
+        b.chunks_exact(E::SIZE).map(|c| ((E::bits(c) & mask) > max) as u64).sum()
+    }
+}
+
+/// How many elements of `b` are not finite (NaN or ±∞).
+pub(crate) fn nonfinite_count<E: Elem>(b: &[u8]) -> u64 {
+    count_nonfinite::<E>(b)
+}
+
 /// Running error sums of an encode.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Errors {
@@ -522,7 +537,7 @@ fn fixup<E: Elem>(
 
 /// Tokens and extra bits of a level lane (`ESC`: the exact bits of `x_bytes`' element), in
 /// this thread's scratch buffers (hand them back with [`recycle`]).
-fn tokens_of<E: Elem>(q: &[i32], x_bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+fn tokens_of<E: Elem>(q: &[i32], x_bytes: &[u8], tk: Tokens) -> (Vec<u8>, Vec<u8>) {
     let mut tokens = LANES_U8.with(|s| s[1].take());
     let mut extra = LANES_U8.with(|s| s[2].take());
     tokens.clear();
@@ -531,13 +546,13 @@ fn tokens_of<E: Elem>(q: &[i32], x_bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut w = BitWriter::new(&mut extra, q.len() / 8);
     for (i, &qi) in q.iter().enumerate() {
         let z = levels::zigzag(qi as i64);
-        tokens.push(if z < levels::DIRECT {
+        tokens.push(if z < tk.direct() {
             z as u8
         } else if qi == ESC {
             let b = E::bits(&x_bytes[i * E::SIZE..]);
-            levels::write_escape(b, E::SIZE as u32 * 8, &mut w)
+            tk.write_escape(b, E::SIZE as u32 * 8, &mut w)
         } else {
-            levels::write_level(qi as i64, &mut w)
+            tk.write_level(qi as i64, &mut w)
         });
     }
     w.finish();
@@ -587,6 +602,7 @@ pub(crate) fn encode_grid_chunk<E: Elem>(
     r: RefSrc<'_>,
     grid: &Grid<'_>,
     theta: f64,
+    tk: Tokens,
     out: Option<&mut [u8]>,
 ) -> ChunkCode {
     let n = x_bytes.len() / E::SIZE;
@@ -607,7 +623,7 @@ pub(crate) fn encode_grid_chunk<E: Elem>(
         fixup::<E>(&x, &rr, &steps, uniform, grid, &mut q, &mut y, &bad);
     }
     let errors = error_sums::<E>(&x, &y, false);
-    let (tokens, extra) = tokens_of::<E>(&q, x_bytes);
+    let (tokens, extra) = tokens_of::<E>(&q, x_bytes, tk);
     if let Some(o) = out {
         E::store_all(&y, o);
     }
@@ -630,6 +646,7 @@ pub(crate) fn encode_key_chunk<E: Elem>(
     r: RefSrc<'_>,
     k: u64,
     rho: f64,
+    tk: Tokens,
     mut out: Option<&mut [u8]>,
 ) -> ChunkCode {
     let n = x_bytes.len() / E::SIZE;
@@ -666,7 +683,7 @@ pub(crate) fn encode_key_chunk<E: Elem>(
         }
     }
     let errors = error_sums::<E>(&xs, &ys, true);
-    let (tokens, extra) = tokens_of::<E>(&q, x_bytes);
+    let (tokens, extra) = tokens_of::<E>(&q, x_bytes, tk);
     give::<E::W>(0, xs);
     give::<E::W>(1, ys);
     LANES_I32.with(|c| c.set(q));
@@ -734,16 +751,17 @@ lane_loop! {
 fn levels_of<E: Elem>(
     tokens: &[u8],
     extra: &[u8],
+    tk: Tokens,
     q: &mut [i32],
     escapes: &mut Vec<(usize, u64)>,
 ) -> Result<()> {
     let mut bits = BitReader::new(extra);
     for (i, &t) in tokens.iter().enumerate() {
-        if (t as u64) < levels::DIRECT {
+        if (t as u64) < tk.direct() {
             q[i] = levels::unzigzag(t as u64) as i32;
             continue;
         }
-        match levels::read_level(t, &mut bits) {
+        match tk.read_level(t, &mut bits) {
             Some(Level::Value(v)) => q[i] = v as i32,
             Some(Level::Escape) => {
                 q[i] = ESC;
@@ -762,6 +780,7 @@ fn levels_of<E: Elem>(
 pub(crate) fn decode_grid_chunk<E: Elem>(
     tokens: &[u8],
     extra: &[u8],
+    tk: Tokens,
     r: RefSrc<'_>,
     grid: &Grid<'_>,
     out: &mut [u8],
@@ -770,7 +789,7 @@ pub(crate) fn decode_grid_chunk<E: Elem>(
     let (mut rr, mut y, mut steps) = (lane::<E::W>(1, n), lane::<E::W>(2, n), lane::<E::W>(3, n));
     let mut q = lane_i32(n);
     let mut escapes = Vec::new();
-    let done = levels_of::<E>(tokens, extra, &mut q, &mut escapes);
+    let done = levels_of::<E>(tokens, extra, tk, &mut q, &mut escapes);
     if done.is_ok() {
         load_ref::<E>(r, Some(out), &mut rr);
         let uniform = fill_steps::<E>(grid, &mut steps);
@@ -814,13 +833,14 @@ lane_loop! {
 pub(crate) fn decode_key_chunk<E: Elem>(
     tokens: &[u8],
     extra: &[u8],
+    tk: Tokens,
     r: RefSrc<'_>,
     k: u64,
     out: &mut [u8],
 ) -> Result<()> {
     let mut q = lane_i32(tokens.len());
     let mut escapes = Vec::new();
-    let done = levels_of::<E>(tokens, extra, &mut q, &mut escapes);
+    let done = levels_of::<E>(tokens, extra, tk, &mut q, &mut escapes);
     if done.is_ok() {
         let mut esc = escapes.iter().peekable();
         for (i, &qi) in q.iter().enumerate() {

@@ -1,11 +1,11 @@
 //! Property tests of the error-bounded quantizer: every bound holds on what decode returns,
 //! on random and adversarial tensors of every dtype, with and without a reference, and the
 //! encoder's reconstruction is bit for bit what decode returns.
+use deltackpt::entropy::simd;
 use deltackpt::{
     decode_update_with, decode_with, encode, encode_reconstruct, encode_update, inspect, Bound,
     DType, EncodeOptions, Quantizer, Tensor,
 };
-use deltackpt::entropy::simd;
 use proptest::prelude::*;
 
 /// Little-endian bytes of `values` rounded to `dtype` (saturated to its finite range).
@@ -303,4 +303,82 @@ fn wrong_or_missing_second_moment_is_refused() {
         ..opts
     };
     assert!(encode(t, None, &no_moment).is_err());
+}
+
+#[test]
+fn a_relative_bound_holds_where_the_planning_sample_misleads() {
+    // The planner samples every 4th block of 1024 elements of a 4M-element tensor. Here the
+    // sampled blocks hold no change and the others a change of 1%: a plan made from the
+    // sample alone would zero everything. The encoder must notice and code within bound.
+    let n = 4 << 20;
+    let rs: Vec<f64> = (0..n).map(|i| 1.0 + (i % 251) as f64 * 1e-3).collect();
+    let xs: Vec<f64> = rs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| if (i / 1024) % 4 == 0 { *r } else { r * 1.01 })
+        .collect();
+    let (x, r) = (to_bytes(DType::F32, &xs), to_bytes(DType::F32, &rs));
+    let t = Tensor {
+        dtype: DType::F32,
+        shape: &[n as u64],
+        data: &x,
+    };
+    for e in [1e-3, 5e-3] {
+        let opts = EncodeOptions {
+            quantizer: Quantizer::Bounded,
+            bound: Some(Bound::Rel(e)),
+            ..Default::default()
+        };
+        let mut recon = vec![0u8; x.len()];
+        let blob = encode_reconstruct(t, Some(&r), &opts, &mut recon).unwrap();
+        let got = decode_with(&blob, Some(&r), None).unwrap().data;
+        assert!(got == recon);
+        let want = values(DType::F32, &x);
+        holds(Bound::Rel(e), &want, &values(DType::F32, &got), &[]).unwrap();
+        // and in place (the reference is the output: checked before coding)
+        let mut state = r.clone();
+        assert_eq!(encode_update(t, &mut state, &opts).unwrap(), blob);
+    }
+}
+
+#[test]
+fn blobs_of_the_first_token_scheme_still_decode() {
+    // Written by the first bounded encoder (16 direct tokens, escape 72): levels up to a few
+    // hundred and one escaped outlier, tolerance 1e-4. The new encoder writes 32 direct
+    // tokens; both must read.
+    let data = |ext: &str| {
+        std::fs::read(format!(
+            "{}/tests/data/bounded_narrow_f32.{ext}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let (blob, r, want) = (data("blob"), data("ref"), data("out"));
+    let got = decode_with(&blob, Some(&r), None).unwrap();
+    assert!(got.data == want);
+    let p = inspect(&blob).unwrap().bounded_params().unwrap().unwrap();
+    assert_eq!(p.tokens, deltackpt::entropy::levels::Tokens::NARROW);
+    // Re-encoded today: the wide scheme, the same bound.
+    let x = want;
+    let t = Tensor {
+        dtype: DType::F32,
+        shape: &[5000],
+        data: &x,
+    };
+    let opts = EncodeOptions {
+        quantizer: Quantizer::Bounded,
+        bound: Some(Bound::Abs(1e-4)),
+        ..Default::default()
+    };
+    let wide = encode(t, Some(&r), &opts).unwrap();
+    let p = inspect(&wide).unwrap().bounded_params().unwrap().unwrap();
+    assert_eq!(p.tokens, deltackpt::entropy::levels::Tokens::WIDE);
+    let back = decode_with(&wide, Some(&r), None).unwrap().data;
+    holds(
+        Bound::Abs(1e-4),
+        &values(DType::F32, &x),
+        &values(DType::F32, &back),
+        &[],
+    )
+    .unwrap();
 }

@@ -29,10 +29,10 @@ The rooms (docs/ARCHITECTURE.md draws them)
 bits and bucket floors); :mod:`.records` the record and schema formats and their file names;
 :mod:`.references` the reconstructions the next delta is coded against; :mod:`.commit` one save
 written atomically; :mod:`.groups` small tensors coded as one blob; :mod:`.restore` decoding
-along base chains, with :mod:`.blobs` (one tensor's steps) and :mod:`.lockstep` (tied tensors); :mod:`.branches` history, fork points, branch
-points; :mod:`.retention` what may be deleted; :mod:`.inspect` depth, sizes, stats, verify;
-:mod:`.facade` :class:`CheckpointChain` over them all. File layout and protocols:
-docs/CHAIN.md.
+along base chains, with :mod:`.blobs` (one tensor's steps) and :mod:`.lockstep` (tied
+tensors); :mod:`.branches` history, fork points, branch points; :mod:`.retention` what may
+be deleted; :mod:`.inspect` depth, sizes, stats, verify; :mod:`.facade`
+:class:`CheckpointChain` over them all. File layout and protocols: docs/CHAIN.md.
 """
 
 from __future__ import annotations

@@ -59,6 +59,20 @@ def stored_bytes(records: Records, rec: Record) -> int:
     return store.size(record_name(*rec.rid)) + sum(store.size(f) for f in rec.files)
 
 
+def allocated_bytes(records: Records) -> int | None:
+    """Bytes the file system allocates to the chain's records, data files and schemas
+    (whole blocks: what ``du`` counts), or None on stores that cannot tell."""
+    store = records.store
+    total = 0
+    for prefix in ("records", "data", "schemas"):
+        for name in store.list(prefix):
+            size = store.allocated(name)
+            if size is None:
+                return None
+            total += size
+    return total
+
+
 def verify(records: Records, threads: int, decode_all: bool) -> dict[str, str]:
     """``{"branch/step": error}`` for every committed record that does not check out."""
     bad: dict[str, str] = {}
@@ -94,6 +108,7 @@ def stats(records: Records) -> dict[str, Any]:
         deepest = max(deepest, depths[rid])
     other = sum(records.store.size(n) for n in records.store.list("schemas"))
     stored = sum(by_kind.values()) + other
+    allocated = allocated_bytes(records)
     return {
         "bytes_by_kind": by_kind,
         "count_by_kind": count,
@@ -101,6 +116,7 @@ def stats(records: Records) -> dict[str, Any]:
         "stored_bytes": stored,
         "raw_bytes": raw,
         "ratio": raw / stored if stored else math.inf,
+        "allocated_bytes": allocated,
         "max_restore_depth": deepest,
         "records": sum(count.values()),
     }

@@ -62,7 +62,7 @@ from .snapshot import FLOAT_DTYPES, Leaf, TensorKey
 
 Floor = tuple[int, Optional[int]]  # (biased exponent, sign or None): see encode(bucket_floor=)
 
-DEFAULT_REL_ERROR = 1e-3  # model tensors, when no bound is given
+DEFAULT_REL_ERROR = 3e-2  # model tensors, when no bound is given (see docs/CHAIN.md: why)
 DEFAULT_OPTIMIZER_REL_ERROR = 1e-2  # optimizer tensors other than Adam's moments
 DEFAULT_EPS = 1e-8  # Adam's eps when the optimizer's param_groups do not say
 FIRST_MOMENT_KEYS = {"exp_avg"}

@@ -4,10 +4,10 @@ A tensor of a record coded as a ``delta`` is ``decode(blob, reference=<the same 
 base record>)``, recursively down to an exact blob (``key`` or ``raw``); the deltas are applied
 in place to one buffer per tensor (the steps: :mod:`.blobs`). Tensors tied to others — small
 tensors coded as one group blob, first moments bounded by their second moment — are decoded
-together, record after record (:mod:`.lockstep`). Tensors decode in parallel threads sharing one :class:`FileCache`, so a data file is read (and its
-checksum verified) once per restore. Used by :meth:`~deltackpt.CheckpointChain.restore` and
-``verify``, by the writer to rebuild its references, and by
-:class:`deltackpt.distributed.ChainReader` for the items a load needs.
+together, record after record (:mod:`.lockstep`). Tensors decode in parallel threads sharing
+one :class:`FileCache`, so a data file is read (and its checksum verified) once per restore.
+Used by :meth:`~deltackpt.CheckpointChain.restore` and ``verify``, by the writer to rebuild
+its references, and by :class:`deltackpt.distributed.ChainReader` for the items a load needs.
 """
 
 from __future__ import annotations
