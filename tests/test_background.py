@@ -37,7 +37,9 @@ def test_a_failed_background_save_is_named_and_the_next_is_coded_on_committed_st
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _fail_commit_of(monkeypatch, 2)
-    with dk.CheckpointChain(tmp_path / "c", anchor_every=10, async_save=True) as chain:
+    with dk.CheckpointChain(
+        tmp_path / "c", anchor_every=10, async_save=True, rel_error=1e-3
+    ) as chain:
         for i in range(4):
             try:
                 chain.save(i, _state(i))
@@ -84,7 +86,7 @@ def test_no_more_than_max_pending_saves_in_flight(
         real(self, rec, **kw)
 
     monkeypatch.setattr(records_mod.Records, "put", put)
-    chain = dk.CheckpointChain(tmp_path / "c", async_save=True, max_pending=2)
+    chain = dk.CheckpointChain(tmp_path / "c", async_save=True, max_pending=2, rel_error=1e-3)
     chain.save(0, _state(0))
     chain.save(1, _state(1))  # two in flight: returns
     third = threading.Thread(target=chain.save, args=(2, _state(2)))

@@ -98,7 +98,7 @@ def test_a_writer_that_lost_its_lease_is_fenced(url: str) -> None:
     time.sleep(1.2)
     with pytest.raises(dk.LockedError, match="could not renew"):  # fenced by its own clock
         a.save(1, _state(1))
-    with dk.CheckpointChain(FsspecStore(url, lease=1.0)) as b:  # takes over: epoch 2
+    with dk.CheckpointChain(FsspecStore(url, lease=1.0), rel_error=1e-4) as b:  # epoch 2
         assert b.store.epoch == 2
         b.save(1, _state(1))
         lease._confirmed = time.monotonic()  # a clock that lies: only the commit stops it
@@ -111,7 +111,7 @@ def test_a_writer_that_lost_its_lease_is_fenced(url: str) -> None:
         assert b.steps() == [0, 1, 2]
     assert [_epoch_of(first, s) for s in (0, 1, 2)] == [1, 2, 2]
     with dk.CheckpointChain(url, mode="r") as reader:
-        assert np.allclose(reader.restore(1)["w"], _state(1)["w"], atol=1e-3)
+        assert np.allclose(reader.restore(1)["w"], _state(1)["w"], atol=1e-3)  # b's save
     a.close()  # the old writer's close leaves the new lock alone
 
 

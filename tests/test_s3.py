@@ -50,7 +50,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _save(target: Any, states: list[dict[str, Any]], **opts: Any) -> None:
-    with dk.CheckpointChain(target, anchor_every=3, **opts) as chain:
+    with dk.CheckpointChain(target, anchor_every=3, rel_error=1e-3, **opts) as chain:
         for i, st in enumerate(states):
             chain.save(i, st, exact=i == 4)
 

@@ -28,7 +28,7 @@ def _in_ram(chain: dk.CheckpointChain) -> list[bool]:
 
 
 def test_only_the_latest_reconstruction_is_held(tmp_path: Path) -> None:
-    with dk.CheckpointChain(tmp_path / "c", anchor_every=3) as chain:
+    with dk.CheckpointChain(tmp_path / "c", anchor_every=3, rel_error=1e-3) as chain:
         for i in range(14):
             chain.save(i, _state(i))
             held = _in_ram(chain)
@@ -57,7 +57,7 @@ def test_a_failed_decode_of_an_anchor_base_leaves_a_writer_that_recovers(
             raise OSError(5, "Input/output error")
         return real(*a, **k)
 
-    with dk.CheckpointChain(tmp_path / "c", anchor_every=3) as chain:
+    with dk.CheckpointChain(tmp_path / "c", anchor_every=3, rel_error=1e-3) as chain:
         for i in range(3):
             chain.save(i, _state(i))
         monkeypatch.setattr(references, "decode_paths", flaky)
