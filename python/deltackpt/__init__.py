@@ -17,12 +17,13 @@ from .errors import (
     DeltackptError,
     InternalError,
     InvalidArgumentError,
+    LockedError,
     NonFiniteError,
     ReferenceMismatchError,
+    SaveError,
     StepNotFoundError,
     UnsupportedError,
 )
-from .store import LockedError
 
 __all__ = [
     "__version__",
@@ -41,6 +42,7 @@ __all__ = [
     "StepNotFoundError",
     "CheckpointChain",
     "LockedError",
+    "SaveError",
 ]
 
 

@@ -880,11 +880,24 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback on request
         if os.environ.get("DELTACKPT_DEBUG"):
             raise
+        if _from_storage_client(e):
+            return _fail(
+                f"cannot reach the store of {getattr(args, 'path', 'the chain')}: {_text(e)} "
+                "(check the URL, the endpoint, e.g. AWS_ENDPOINT_URL, and the credentials)",
+                EXIT_USAGE,
+            )
         return _fail(
             f"internal error {type(e).__name__}: {_text(e)} (DELTACKPT_DEBUG=1 shows the "
             "traceback; please report it)",
             EXIT_DAMAGE,
         )
+
+
+def _from_storage_client(e: BaseException) -> bool:
+    """Whether ``e`` comes from a remote file system's client library (a wrong endpoint, no
+    network, refused credentials): a user's setup problem, not a bug of deltackpt."""
+    clients = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "google")
+    return any(t.__module__.split(".")[0] in clients for t in type(e).__mro__)
 
 
 if __name__ == "__main__":

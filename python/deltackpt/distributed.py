@@ -510,7 +510,10 @@ class ChainWriter(StorageWriter):
         metadata.version = metadata.version or DCP_VERSION
         metadata.storage_meta = self.storage_meta()
         doc = metadata_to_json(metadata, storage, self.step)
-        self.root.write(_step_name(self.branch, self.step), dumps(doc))  # the commit
+        if self.root.epoch is not None:
+            doc["epoch"] = self.root.epoch  # the coordinator's writer epoch (fencing token)
+        # the commit, created only if absent: a fenced coordinator never replaces it
+        self.root.write(_step_name(self.branch, self.step), dumps(doc), create=True)
 
     # -- branches (collective: call on every rank, after a save)
 

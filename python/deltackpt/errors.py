@@ -11,6 +11,8 @@ __all__ = [
     "InvalidArgumentError",
     "InternalError",
     "StepNotFoundError",
+    "LockedError",
+    "SaveError",
 ]
 
 
@@ -48,3 +50,14 @@ class StepNotFoundError(DeltackptError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class LockedError(DeltackptError, RuntimeError):
+    """Another live writer holds the chain's lock (open with ``mode="r"`` to read meanwhile)."""
+
+
+class SaveError(DeltackptError):
+    """A background save (``async_save=True``) failed: ``step`` names it, ``__cause__`` is
+    the original error. Nothing of that save was committed."""
+
+    step: int | None = None

@@ -20,8 +20,9 @@ holding ``{"pid", "host", "time", "token"}``. A second writer is refused with
 local stores the check-and-replace is serialised with ``flock`` on ``LOCK.guard`` (the kernel
 releases it when its holder dies) so two writers recovering the same stale lock cannot both win.
 Readers never take the lock. Under the guard, an empty lock (a writer killed between creating
-and filling it) is stale too. fsspec stores have no guard: a stale lock there is replaced after
-a plain check (dead pid on this host), and an empty one must be removed by hand.
+and filling it) is stale too. On fsspec stores the lock is a lease with a writer epoch
+(:mod:`deltackpt.lease`): renewed by its holder, taken over once it expired, checked before
+every write; commits are create-only (``write(..., create=True)``).
 
 File framing (all integers little-endian)::
 
@@ -46,17 +47,16 @@ import weakref
 from typing import Any
 
 from ._core import checksum128
-from .errors import CorruptDataError
+from .conditional import conditional_ops
+from .errors import CorruptDataError, LockedError
+from .lease import Lease, lease_seconds, parse_lock
 
 MAGIC = b"DKF2"
 MAGIC_BLAKE2 = b"DKF1"  # read only
 HEADER = struct.Struct("<4s16sQ")
 TMP_MARKER = ".tmp-"
 LOCK_NAME = "LOCK"
-
-
-class LockedError(RuntimeError):
-    """Another live writer holds the chain's lock."""
+EPOCH_NAME = "LOCK.epoch"  # fsspec stores: the last writer epoch, kept across releases
 
 
 def frame_header(payload: bytes) -> bytes:
@@ -129,12 +129,17 @@ class Store:
     """Abstract store of checksummed, atomically written files."""
 
     url: str
+    epoch: int | None = None  # the writer epoch of the lock held (fsspec leases), else None
 
-    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
+    def write(
+        self, name: str, payload: bytes, *, sync_dir: bool = True, create: bool = False
+    ) -> None:
         """Atomically write ``payload`` (framed with a checksum) under ``name``.
 
         With ``sync_dir=False`` the rename is not yet durable: call :meth:`sync_dirs` on the
         file's folder before relying on it (batches one directory fsync over many files).
+        With ``create=True`` the write fails with ``FileExistsError`` if ``name`` exists
+        (a commit never replaces another writer's).
         """
         raise NotImplementedError
 
@@ -281,7 +286,9 @@ class LocalStore(Store):
             os.mkdir(path)
         self._fsync_dir(parent)
 
-    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
+    def write(
+        self, name: str, payload: bytes, *, sync_dir: bool = True, create: bool = False
+    ) -> None:
         final = self._path(name)
         folder = os.path.dirname(final)
         self._makedirs(folder)
@@ -299,7 +306,13 @@ class LocalStore(Store):
                 os.unlink(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, final)
+        if create:
+            try:
+                os.link(tmp, final)  # atomic, and never over an existing file
+            finally:
+                os.unlink(tmp)
+        else:
+            os.replace(tmp, final)
         if sync_dir:
             self._fsync_dir(folder)
 
@@ -399,26 +412,42 @@ class LocalStore(Store):
 class FsspecStore(Store):
     """Any fsspec file system (``memory://``, ``file://``, object stores, ...)."""
 
-    def __init__(self, url: str, **storage_options: Any) -> None:
+    def __init__(self, url: str, *, lease: float | None = None, **storage_options: Any) -> None:
         import fsspec
 
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         self.root = root.rstrip("/")
-        self._token: str | None = None
+        self.ops = conditional_ops(self.fs)
+        self.lease_seconds = lease_seconds(lease)
+        self._lease: Lease | None = None
+
+    @property
+    def epoch(self) -> int | None:  # type: ignore[override]
+        return None if self._lease is None else self._lease.epoch
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}" if name else self.root
 
-    def write(self, name: str, payload: bytes, *, sync_dir: bool = True) -> None:
+    def write(
+        self, name: str, payload: bytes, *, sync_dir: bool = True, create: bool = False
+    ) -> None:
         del sync_dir  # no fsync on fsspec file systems
+        if self._lease is not None:
+            self._lease.check()  # fencing: a writer that lost its lease writes nothing
         final = self._path(name)
+        if create and self.ops.atomic:  # one conditional PUT: whole, and only if absent
+            if self.ops.create(final, frame(payload)) is None:
+                raise FileExistsError(f"{self.url}/{name} exists (written by another writer)")
+            return
         folder = final.rsplit("/", 1)[0]
         self.fs.makedirs(folder, exist_ok=True)
         tmp = self._path(self._tmp_name(name))
         with self.fs.open(tmp, "wb") as f:
             f.write(frame(payload))
         try:
+            if create and self.fs.exists(final):  # two steps: no server-side condition here
+                raise FileExistsError(f"{self.url}/{name} exists (written by another writer)")
             self.fs.mv(tmp, final)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -457,29 +486,34 @@ class FsspecStore(Store):
         return int(self.fs.size(self._path(name)))
 
     def acquire_lock(self) -> None:
-        self.fs.makedirs(self.root, exist_ok=True)
-        token = secrets.token_hex(8)
-        for _ in range(2):
-            try:
-                with self.fs.open(self._path(LOCK_NAME), "xb") as f:
-                    f.write(_lock_payload(token))
-            except FileExistsError:
-                info = self.lock_info() or {}
-                if info and _is_stale(info):
-                    self.delete(LOCK_NAME)
-                    continue
-                raise _refuse(self.url, info) from None
-            self._token = token
+        """Take the lock as a lease (:mod:`deltackpt.lease`): refused while another writer
+        renews it, taken over once it expired, with a writer epoch one above the last."""
+        if self._lease is not None:
             return
-        raise _refuse(self.url, self.lock_info() or {})
+        self.fs.makedirs(self.root, exist_ok=True)
+        try:
+            last = int(json.loads(self.read(EPOCH_NAME))["epoch"])
+        except FileNotFoundError:
+            last = 0
+        except (CorruptDataError, KeyError, TypeError, ValueError):
+            last = 0  # a torn count: the lock's own epoch still orders takeovers
+        lease = Lease(self.ops, self._path(LOCK_NAME), self.url, self.lease_seconds)
+        lease.acquire(last)
+        self._lease = lease
+        try:
+            self.write(EPOCH_NAME, json.dumps({"epoch": lease.epoch}).encode())
+        except BaseException:
+            self.release_lock()
+            raise
 
     def release_lock(self) -> None:
-        if self._token is None:
-            return
-        info = self.lock_info() or {}
-        if info.get("token") == self._token:
-            self.delete(LOCK_NAME)
-        self._token = None
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            lease.release()
+
+    def lock_info(self) -> dict[str, Any] | None:
+        seen = self.ops.read(self._path(LOCK_NAME))
+        return None if seen is None else parse_lock(seen[0])
 
 
 def open_store(path_or_url: str | os.PathLike[str] | Store, **storage_options: Any) -> Store:

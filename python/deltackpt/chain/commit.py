@@ -21,7 +21,7 @@ import numpy as np
 from .._api import encode
 from .._api import inspect as inspect_blob
 from .._core import checksum128
-from ..errors import InvalidArgumentError, NonFiniteError
+from ..errors import InvalidArgumentError, LockedError, NonFiniteError
 from ..store import Store
 from .branches import history
 from .config import ChainConfig
@@ -300,6 +300,7 @@ def commit(
     ``replace`` rewrites that step's record as an exact keyframe (a branch point).
     """
     check_readable(snap)
+    snap.wait_ready()  # CUDA: the device-to-host copies are complete
     if refs.stale:  # a failed save had started updating references in place
         refs.rebuild(records, history(records.store, branch), cfg.threads)
     if not exact:
@@ -307,7 +308,9 @@ def commit(
             if leaf.is_float:
                 check_finite(leaf)
     plan = _plan(records, refs, cfg, step, exact or replace)
-    base = None if plan.base is None else refs.levels[plan.base]
+    base = None
+    if plan.base is not None:  # only the top is in RAM: an anchor's base comes from disk
+        base = refs.base(plan.base, records)
     coder = TensorCoder(cfg, refs, base, plan.level, snap)
     prefix = data_prefix(branch, step, os.urandom(4).hex())
     files = DataFiles(records.store, prefix)
@@ -315,11 +318,13 @@ def commit(
         coded = coder.code_all(snap, files)
         names = files.finish()
         schema = records.put_schema(snap)
-        rec = _record(branch, step, plan, base, snap, coded, names, schema, cfg)
+        rec = _record(
+            branch, step, plan, base, snap, coded, names, schema, cfg, records.store.epoch
+        )
         rec.digests = files.digests
         old = records.record(rec.rid) if replace else None
         records.store.sync_dirs({data_dir(branch)})  # data durable before the commit
-        records.put(rec)
+        _put(records, rec, replace)
     except BaseException:
         refs.stale = refs.stale or coder.updated_references
         files.discard()
@@ -344,6 +349,19 @@ def check_readable(snap: Snapshot) -> None:
         )
 
 
+def _put(records: Records, rec: Record, replace: bool) -> None:
+    """The commit: a new record is created only if absent, so a writer that lost its lock
+    (a lease taken over while it was paused) never replaces the new writer's commit."""
+    try:
+        records.put(rec, create=not replace)
+    except FileExistsError:
+        raise LockedError(
+            f"step {rec.step} of branch {rec.branch} in {records.store.url} was committed by "
+            "another writer meanwhile: this writer no longer holds the chain; reopen it to "
+            "continue from its latest commit"
+        ) from None
+
+
 def _plan(records: Records, refs: References, cfg: ChainConfig, step: int, exact: bool) -> Plan:
     top = refs.levels[-1].rid if refs.levels else None
     last_ordinal = None if top is None or exact else records.record(top).ordinal
@@ -360,6 +378,7 @@ def _record(
     files: list[str],
     schema: str,
     cfg: ChainConfig,
+    epoch: int | None,
 ) -> Record:
     """The record of a coded save (not written yet)."""
     return Record(
@@ -378,4 +397,5 @@ def _record(
         bits=cfg.bits,
         raw_bytes=sum(lf.nbytes for lf in snap.leaves),
         time=time.time(),
+        epoch=epoch,
     )

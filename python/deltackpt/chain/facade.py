@@ -8,7 +8,6 @@ stack, the current branch and the background save in flight.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import os
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 from ..errors import CorruptDataError
 from ..store import Store, open_store
 from . import branches, commitlog, inspect, retention
+from .background import BackgroundSaves
 from .commit import commit
 from .config import ChainConfig
 from .parsing import check_name
@@ -78,9 +78,10 @@ class CheckpointChain:
     branch points and ``exact=True``); ``max_to_keep`` / ``keep_every`` retention on the
     current branch (records that a kept step, a branch point or the writer depends on are
     never deleted, and stay listed); ``async_save`` encodes and writes in one background
-    thread (one save in flight); ``group_below`` tensors with fewer elements are coded together
-    (one blob per kind of array; data files pack blobs up to ~1 MiB); ``coder`` is passed to
-    :func:`deltackpt.encode`; ``threads`` decode tensors in parallel on restore.
+    thread, at most ``max_pending`` saves in flight, failures raised by :meth:`wait` naming
+    their step (chain/background.py); ``group_below`` tensors with fewer elements are coded
+    together (one blob per kind of array; data files pack blobs up to ~1 MiB); ``coder`` is
+    passed to :func:`deltackpt.encode`; ``threads`` decode tensors in parallel on restore.
     """
 
     bits = _setting("bits")
@@ -110,6 +111,7 @@ class CheckpointChain:
         max_to_keep: int | None = None,
         keep_every: int | None = None,
         async_save: bool = False,
+        max_pending: int = 1,
         mode: str = "a",
         group_below: int = 4096,
         coder: str = "auto",
@@ -151,16 +153,16 @@ class CheckpointChain:
         self._head = branches.DEFAULT_BRANCH
         self._head_error: CorruptDataError | None = None
         self._closed = False
-        self._executor: cf.ThreadPoolExecutor | None = None
-        self._pending: cf.Future[None] | None = None
+        self._saves = BackgroundSaves(max_pending) if async_save and mode == "a" else None
+        self._submitted: int | None = None  # the latest step handed to the background
         if mode == "a":
-            self._open_writer(async_save)
+            self._open_writer()
         else:
             self._open_reader()
 
     # ------------------------------------------------------------------ opening
 
-    def _open_writer(self, async_save: bool) -> None:
+    def _open_writer(self) -> None:
         self.store.acquire_lock()
         try:
             if not self.store.exists(CHAIN_FILE):
@@ -174,8 +176,6 @@ class CheckpointChain:
         except BaseException:
             self.store.release_lock()
             raise
-        if async_save:
-            self._executor = cf.ThreadPoolExecutor(1, thread_name_prefix="deltackpt-save")
 
     def _open_reader(self) -> None:
         if not self.store.exists(CHAIN_FILE):
@@ -192,35 +192,42 @@ class CheckpointChain:
 
     # ------------------------------------------------------------------ saving
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, wait: bool = True) -> None:
         if self._closed:
             raise ValueError("the chain is closed")
         if self.mode != "a":
             raise PermissionError("chain opened read-only (mode='r')")
-        self._raise_pending()
+        if wait:
+            self._raise_pending()
+        elif self._saves is not None:
+            self._saves.raise_failure()  # a failure already known, without waiting
 
     def _raise_pending(self) -> None:
-        """Wait for the background save, if any; its exception propagates from here."""
-        if self._pending is not None:
-            fut, self._pending = self._pending, None
-            fut.result()
+        """Wait for the background saves, if any; the first failure propagates from here."""
+        if self._saves is not None:
+            self._saves.wait()
 
     def save(self, step: int, state: Any, *, exact: bool = False) -> None:
         """Save ``state`` (nested dict of tensors / JSON values / objects with state_dict()).
 
         Steps must increase along a branch. ``exact=True`` stores a lossless keyframe (and
-        accepts NaN/Inf). With ``async_save`` the state is copied to the host and encoded and
-        written in the background; an error there is raised by the next call.
+        accepts NaN/Inf). With ``async_save`` it returns once the state is copied to the
+        host; encoding and writing run in the background (at most ``max_pending`` saves in
+        flight: a save beyond waits for the oldest), and a failure there is raised as
+        :class:`~deltackpt.errors.SaveError` by :meth:`wait`, :meth:`close` or the next save.
         """
-        self._check_writable()
+        self._check_writable(wait=False)
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError("step must be a non-negative int")
-        last = self._refs.top_step()
+        saves = self._saves
+        busy = saves is not None and (saves.make_room() or saves.busy)
+        last = self._submitted if busy else self._refs.top_step()
         if last is not None and step <= last:
             raise ValueError(self._step_taken(step, last))
-        snap = snapshot(state, self._refs.spare_copies())
-        if self._executor is not None:
-            self._pending = self._executor.submit(self._commit, step, snap, exact)
+        snap = snapshot(state, {} if busy else self._refs.spare_copies())  # spares: idle only
+        if saves is not None:
+            saves.submit(step, lambda: self._commit(step, snap, exact))
+            self._submitted = step
         else:
             self._commit(step, snap, exact)
 
@@ -408,11 +415,10 @@ class CheckpointChain:
         if self._closed:
             return
         try:
-            self._raise_pending()
+            if self._saves is not None:
+                self._saves.shutdown()
         finally:
             self._closed = True
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
             if self.mode == "a":
                 self.store.release_lock()
             self._refs.clear()

@@ -190,6 +190,8 @@ class Record:
     # xxh3-128 (hex) of each data file's payload, as its frame records it (None: a version 1
     # record, written before records bound their files)
     digests: list[str] | None = None
+    # the writer epoch (fencing token) of the lease the writer held (fsspec stores), or None
+    epoch: int | None = None
 
     @property
     def rid(self) -> RecId:
@@ -216,6 +218,7 @@ class Record:
             **({} if self.errors is None else {"errors": self.errors}),
             **({} if not self.groups else {"groups": [g.to_json() for g in self.groups]}),
             **({} if self.digests is None else {"digests": self.digests}),
+            **({} if self.epoch is None else {"epoch": self.epoch}),
         }
 
     @staticmethod
@@ -252,6 +255,7 @@ class Record:
             errors=_errors(d.get("errors"), len(d["entries"])),
             groups=[Group.from_json(g) for g in d["groups"]] if d.get("groups") else None,
             digests=_digests(d, _nfiles(d)),
+            epoch=None if d.get("epoch") is None else int(d["epoch"]),
         )
 
 
@@ -378,9 +382,11 @@ class Records:
         """The record is committed (or was, in this process, and is still cached)."""
         return rid in self._records or self.store.exists(record_name(*rid))
 
-    def put(self, rec: Record) -> None:
-        """Write ``rec`` (the commit of its save: its data must be durable already)."""
-        self.store.write(record_name(*rec.rid), zlib.compress(dumps(rec.to_json()), 6))
+    def put(self, rec: Record, *, create: bool = False) -> None:
+        """Write ``rec`` (the commit of its save: its data must be durable already); with
+        ``create``, ``FileExistsError`` if that record exists (another writer's commit)."""
+        payload = zlib.compress(dumps(rec.to_json()), 6)
+        self.store.write(record_name(*rec.rid), payload, create=create)
         self._records[rec.rid] = rec
 
     def forget(self, rid: RecId) -> None:

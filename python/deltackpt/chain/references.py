@@ -6,12 +6,15 @@ reconstruction per level, as a stack of decreasing levels over the branch's keyf
 (:func:`.policy.kept_levels` says which survive a save). It does not decode its own blobs: the
 core writes each new reconstruction while coding, into a buffer this module hands out.
 
-Memory. A save of the same level as its base drops that base, so the base's buffers are
-updated in place; reconstructions of dropped levels are recycled as the next save's output
-buffers; the writer's copy of the latest true state (for ``branch_point``) is refilled by the
-next save's host copy. So a save does not fault in fresh state-sized memory. A save that fails
-after updating a reference in place marks the stack *stale*; the next save rebuilds it from
-the committed records first.
+Memory (docs/CHAIN.md, "Writer memory"). Only the top of the stack, the reconstruction of the
+latest save, is held in RAM; the others are *evicted* (``recon is None``) and decoded from the
+committed records when a save is coded against them (an anchor, every ``anchor_every`` saves),
+bit for bit what a reader decodes. A save writes its reconstruction over its base's buffers
+(the base is either dropped by the save or re-derivable from disk), and a save coded against
+an evicted level frees the top first, so the writer holds one reconstruction and the copy of
+the latest state (refilled by the next save's host copy), never more. A save that fails after
+updating a reference in place marks the stack *stale*; the next save rebuilds it from the
+committed records first.
 """
 
 from __future__ import annotations
@@ -35,12 +38,43 @@ class Level:
 
     level: int
     rid: RecId
-    recon: dict[str, Any]  # tensor path -> reconstruction (delta-coded float tensors only)
+    recon: dict[str, Any] | None  # path -> reconstruction (delta-coded floats); None: evicted
     meta: dict[str, TensorKey]  # path -> (lib, dtype, shape)
 
 
 def _delta_coded(t: dict[str, Any]) -> bool:
     return delta_codable(t["dtype"], math.prod(t["shape"]))
+
+
+_BATCH_BYTES = 64 << 20  # an evicted reference is decoded this much at a time
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def _decode_batched(records: Records, lv: Level, free: dict[str, Any] | None) -> dict[str, Any]:
+    """The reconstructions of ``lv`` decoded ~64 MB at a time (a restore reads and keeps a
+    record's data files while it decodes them: one batch's files, not the whole state's),
+    dropping the same paths of ``free`` just before each batch.
+
+    In the calling thread: the buffers it frees are then reused by the allocator for the
+    ones it decodes (decoder threads allocate from arenas of their own, and a 100M-parameter
+    writer peaked at 4x the state beyond it at each anchor instead of 2.4x;
+    BENCHMARKS.md). The core still decodes each tensor on its thread pool."""
+    out: dict[str, Any] = {}
+    batch: set[str] = set()
+    size = 0
+    paths = list(lv.meta.items())
+    for n, (path, (_lib, dtype, shape)) in enumerate(paths):
+        batch.add(path)
+        size += math.prod(shape) * _ITEMSIZE.get(dtype, 4)
+        if size < _BATCH_BYTES and n + 1 < len(paths):
+            continue
+        if free is not None:
+            for p in batch:
+                free.pop(p, None)
+        want = frozenset(batch)
+        out.update(decode_paths(records, lv.rid, lambda t, w=want: t["path"] in w, threads=1))
+        batch, size = set(), 0
+    return out
 
 
 class References:
@@ -62,12 +96,13 @@ class References:
 
     def live_ids(self, exclude: Level | None = None) -> set[int]:
         """Buffers that hold a reference (other than ``exclude``'s): never to be refilled."""
-        return {id(a) for lv in self.levels if lv is not exclude for a in lv.recon.values()}
+        return {id(a) for lv in self.levels if lv is not exclude for a in (lv.recon or {}).values()}
 
     def rebuild(self, records: Records, history: list[RecId], threads: int) -> None:
         """Decode the references from the committed records of the branch's ``history``:
         walking back from the latest save, each record of a higher level than the last
         taken, down to the keyframe."""
+        del threads  # only the top is decoded, in this thread (:func:`_decode_batched`)
         self.levels, self.stale, self.spare = [], False, {}
         chosen = []
         for rid in reversed(history):
@@ -78,13 +113,33 @@ class References:
                 break
         for rec in reversed(chosen):
             sch = records.schema(rec.schema)
-            recon = decode_paths(records, rec.rid, _delta_coded, threads)
             meta = {
                 t["path"]: (t["lib"], t["dtype"], tuple(t["shape"]))
                 for t in sch.tensors
-                if t["path"] in recon
+                if _delta_coded(t)
             }
-            self.levels.append(Level(rec.level, rec.rid, recon, meta))
+            self.levels.append(Level(rec.level, rec.rid, None, meta))
+        if self.levels:  # only the top in RAM; the others are decoded when a save needs them
+            self.base(len(self.levels) - 1, records)
+
+    def base(self, i: int, records: Records) -> Level:
+        """Reference ``i`` with its reconstructions in RAM, decoded from disk if evicted.
+
+        Coded against another reference, a save drops the top (or, if it fails, the top is
+        decoded again when needed): its buffers are freed batch by batch as the base's are
+        decoded, so the two are never both whole in RAM.
+        """
+        lv = self.levels[i]
+        if lv.recon is None:
+            top = self.levels[-1]
+            free = top.recon if top is not lv else None
+            try:
+                lv.recon = _decode_batched(records, lv, free)
+            finally:
+                if free is not None:
+                    top.recon = None  # partly freed either way: decoded again when needed
+            lv.meta = {p: k for p, k in lv.meta.items() if p in lv.recon}
+        return lv
 
     def spare_copies(self) -> dict[str, Any]:
         """The host copies of the previous save, free to receive this save's copy.
@@ -106,18 +161,11 @@ class References:
     def advance(self, new: Level, snap: Snapshot) -> None:
         """Push the reconstructions of a committed save; recycle those of dropped levels."""
         keep = kept_levels([lv.level for lv in self.levels], new.level)
-        dropped = self.levels[keep:]
         self.levels = [*self.levels[:keep], new]
+        for lv in self.levels[:-1]:  # the base's buffers now hold the new reconstruction
+            lv.recon = None
         self.latest, self.latest_rid = snap, new.rid
-        # Reconstructions nobody refers to any more serve as the next save's output buffers
-        # (held for one save: the state-sized memory a step after an anchor needs anyway).
-        live = self.live_ids() | {id(lf.value) for lf in snap.leaves}
-        self.spare = {
-            path: a
-            for lv in dropped
-            for path, a in lv.recon.items()
-            if id(a) not in live and writable_host(a)
-        }
+        self.spare = {}
 
     def clear(self) -> None:
         self.levels, self.spare, self.latest = [], {}, None
@@ -126,14 +174,16 @@ class References:
 class OutputBuffers:
     """Where one save's delta reconstructions are written.
 
-    A base of the same level as the save is dropped by its commit: its reconstructions are
-    updated in place (error feedback without a second state-sized buffer), unless another
-    reference or the save's own host copy shares the buffer.
+    The base's reconstructions are updated in place (error feedback without a second
+    state-sized buffer): a base of the same level is dropped by the commit, one of a higher
+    level is evicted after it and decoded from disk when needed again. Not when the save's own
+    host copy shares the buffer.
     """
 
     def __init__(self, refs: References, base: Level, level: int, snap: Snapshot) -> None:
+        del level  # every base is overwritten: the references hold only the top in RAM
         self.spare = refs.spare
-        self.in_place = base.level == level
+        self.in_place = True
         self.shared = {id(lf.value) for lf in snap.leaves} | refs.live_ids(exclude=base)
         self.updated = False  # a reference was overwritten: on failure, the stack is stale
 

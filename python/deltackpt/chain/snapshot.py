@@ -79,6 +79,13 @@ class Snapshot:
     tree: Any
     values: list[Any]
     leaves: list[Leaf]
+    ready: Any = None  # a CUDA event recorded after the device-to-host copies, or None
+
+    def wait_ready(self) -> None:
+        """Block until the host copies are complete (CUDA copies are issued asynchronously)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+            self.ready = None
 
 
 def dtype_name(x: Any) -> str:
@@ -97,13 +104,16 @@ def same_layout(a: Any, b: Any) -> bool:
 def copy_tensor(x: Any, spare: Any = None) -> Any:
     """A contiguous host copy of ``x``, into ``spare`` when it fits (same kind, dtype, shape):
     filling memory already mapped is several times faster than faulting in fresh pages."""
+    cuda = _on_cuda(x)
     if same_layout(spare, x):
         if isinstance(x, np.ndarray):
             np.copyto(spare, x)
             return spare
-        return spare.copy_(x.detach())
+        return spare.copy_(x.detach(), non_blocking=cuda and spare.is_pinned())
     if isinstance(x, np.ndarray):  # in native byte order: raw bytes are read back native
         return np.array(x, dtype=x.dtype.newbyteorder("="), copy=True, order="C")
+    if cuda:
+        return pinned_copy(x)
     return x.detach().to("cpu", copy=True).contiguous()
 
 
@@ -137,15 +147,34 @@ def check_storable(x: Any, path: list[Any]) -> None:
         )
 
 
+def _on_cuda(x: Any) -> bool:
+    return not isinstance(x, np.ndarray) and bool(getattr(x, "is_cuda", False))
+
+
+def pinned_copy(x: Any) -> Any:
+    """A device-to-host copy of a CUDA tensor into page-locked (pinned) host memory, issued
+    asynchronously on the current stream: the caller's later kernels on that stream run after
+    it, and :meth:`Snapshot.wait_ready` waits for it before the bytes are read. The next save
+    refills the same pinned buffer (the spare). Not run on the development machine (no GPU)."""
+    torch = torch_module()
+    if torch is None or not torch.cuda.is_available():  # pragma: no cover - no GPU here
+        return x.detach().to("cpu", copy=True).contiguous()
+    out = torch.empty(tuple(x.shape), dtype=x.dtype, pin_memory=True)  # pragma: no cover
+    return out.copy_(x.detach(), non_blocking=True)  # pragma: no cover
+
+
 def snapshot(state: Any, spare: dict[str, Any] | None = None) -> Snapshot:
     """Flatten ``state`` (copying tensors to the host, into the ``spare`` buffers by path when
     they fit) or raise TypeError naming the bad leaf."""
     values: list[Any] = []
     leaves: list[Leaf] = []
+    cuda = False
 
     def walk(obj: Any, path: list[Any], optim: bool) -> Any:
+        nonlocal cuda
         if is_torch(obj) or isinstance(obj, np.ndarray):
             check_storable(obj, path)
+            cuda = cuda or _on_cuda(obj)
             key = json.dumps(path)
             last = path[-1] if path else None
             leaves.append(
@@ -186,7 +215,12 @@ def snapshot(state: Any, spare: dict[str, Any] | None = None) -> Snapshot:
         )
 
     tree = walk(state, [], False)
-    return Snapshot(tree, values, leaves)
+    snap = Snapshot(tree, values, leaves)
+    if cuda:  # pragma: no cover - no GPU here
+        torch = torch_module()
+        snap.ready = torch.cuda.Event()
+        snap.ready.record()  # after every copy issued on the current stream
+    return snap
 
 
 def rebuild(tree: Any, values: list[Any], tensors: list[Any]) -> Any:
