@@ -219,6 +219,10 @@ def _refuse(url: str, info: dict[str, Any]) -> LockedError:
 
 
 _HOLDERS: weakref.WeakSet[LocalStore] = weakref.WeakSet()
+# How long a new writer retries a busy kernel lock before refusing: a process forked from the
+# last writer (a DataLoader worker) holds a copy of its descriptor until the child runs its
+# at-fork handler, which a loaded machine may schedule after the parent has closed and reopened.
+_FLOCK_PATIENCE = 2.0
 
 
 def _drop_locks_in_child() -> None:
@@ -370,6 +374,10 @@ class LocalStore(Store):
         broken (its file system may not share flocks)."""
         self._makedirs(self.root)
         fd = self._hold_kernel_lock()
+        deadline = time.monotonic() + _FLOCK_PATIENCE
+        while fd is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            fd = self._hold_kernel_lock()
         if fd is None:
             raise _refuse(self.url, self.lock_info() or {})
         try:
