@@ -133,8 +133,13 @@ def test_dcp_round_trip_on_s3(s3: S3, tmp_path: Path) -> None:
 def _cli(s3: S3, *args: str) -> subprocess.CompletedProcess[str]:
     """The command line as a user runs it against an S3-compatible endpoint: the endpoint
     and credentials in the environment (``AWS_ENDPOINT_URL``, read by botocore and s3fs)."""
+    return _cli_with(s3.env, *args)
+
+
+def _cli_with(aws_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line with ``aws_env`` as its only AWS/fsspec settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
-    env.update(s3.env)
+    env.update(aws_env)
     env["PYTHONPATH"] = PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
         [sys.executable, "-m", "deltackpt", *args],
@@ -173,21 +178,13 @@ def test_cli_names_an_unreachable_endpoint_without_a_traceback() -> None:
     """A wrong endpoint is the user's setup, not a bug: one line naming the store and what to
     check, exit 2 (usage), no 'internal error'. Port 9 (discard) refuses at once on loopback;
     one attempt, so botocore does not retry for a minute."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
-    env.update(
-        AWS_ENDPOINT_URL="http://127.0.0.1:9",
-        AWS_MAX_ATTEMPTS="1",
-        AWS_ACCESS_KEY_ID="x",
-        AWS_SECRET_ACCESS_KEY="y",
-        PYTHONPATH=PKG_ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "deltackpt", "inspect", "s3://no-such-bucket/run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    aws = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+    }
+    done = _cli_with(aws, "inspect", "s3://no-such-bucket/run")
     assert done.returncode == 2, done.stderr
     assert "cannot reach the store of s3://no-such-bucket/run" in done.stderr
     assert "AWS_ENDPOINT_URL" in done.stderr
