@@ -28,6 +28,14 @@ if any(
         sys.path.insert(0, _PY)
 
 
+def package_parent() -> str:
+    """The directory holding the `deltackpt` the tests import (in-tree or installed): child
+    processes put it first on their path so they test the same build."""
+    import deltackpt
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(deltackpt.__file__)))
+
+
 _LIMITED_PREAMBLE = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({mem}, {mem}))
@@ -43,7 +51,7 @@ def run_limited(code: str, mem_mb: int = 2048, timeout: float = 120, env=None):
     import sys
 
     mem = mem_mb << 20
-    src = _LIMITED_PREAMBLE.format(mem=mem, py=_PY) + code
+    src = _LIMITED_PREAMBLE.format(mem=mem, py=package_parent()) + code
     full_env = dict(os.environ, DELTACKPT_NUM_THREADS="2", **(env or {}))
     return subprocess.run(
         [sys.executable, "-c", src],

@@ -437,12 +437,13 @@ def test_readers_beside_retention_never_see_corrupt_data(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    from conftest import _PY
+    from conftest import package_parent
 
     root = tmp_path / "c"
     writer = dk.CheckpointChain(root, max_to_keep=2, keyframe_every=1)
     writer.save(0, _state(0))
-    code = f"import sys; sys.path.insert(0, {_PY!r})\n" + READER_LOOP.format(root=str(root))
+    path = f"import sys; sys.path.insert(0, {package_parent()!r})\n"
+    code = path + READER_LOOP.format(root=str(root))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     step = 1
     while proc.poll() is None:
