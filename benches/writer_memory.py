@@ -6,7 +6,8 @@ kernel's peak-RSS counter (``/proc/self/clear_refs``), then saves ``--saves`` st
 an in-place update of every tensor (a training step: ``w += 1e-3 * noise``). Reported:
 
 * peak RSS beyond the state: ``VmHWM`` after the saves minus ``VmRSS`` right after the reset
-  (the state, the interpreter, torch), in MB and in multiples of the state;
+  (the state, the interpreter, torch), in MB and in multiples of the state; the ``none`` row
+  runs the same loop without a chain: what the updates' own temporaries hold;
 * blocked time per save (what the training loop waits in ``save()``; with ``async_save`` the
   host copy, the wait for room included) against a ``clone()`` of the state in the same run;
 * save and restore time, local directory vs S3 (moto's server in a separate process on
@@ -59,22 +60,29 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     opts = {} if not args.s3 else {"storage_options": {"endpoint_url": args.s3}}
     blocked, saves = [], 0.0
     t_all = time.perf_counter()
-    with dk.CheckpointChain(args.url, async_save=args.mode == "async", **opts) as chain:
-        for step in range(args.saves):
-            for t in state.values():
-                t.add_(torch.randn(t.shape, generator=noise), alpha=1e-3)
-            t0 = time.perf_counter()
+    chain = (
+        None
+        if args.mode == "none"
+        else dk.CheckpointChain(args.url, async_save=args.mode == "async", **opts)
+    )
+    for step in range(args.saves):
+        for t in state.values():
+            t.add_(torch.randn(t.shape, generator=noise), alpha=1e-3)
+        t0 = time.perf_counter()
+        if chain is not None:
             chain.save(step, state)
-            blocked.append(time.perf_counter() - t0)
-            time.sleep(args.compute)  # the training step the background save overlaps
-        chain.wait()
+        blocked.append(time.perf_counter() - t0)
+        time.sleep(args.compute)  # the training step the background save overlaps
+    if chain is not None:
+        chain.close()
     saves = time.perf_counter() - t_all - args.compute * args.saves
     peak = _status("VmHWM") - base_rss
     t0 = time.perf_counter()
-    with dk.CheckpointChain(args.url, mode="r", **opts) as reader:
-        got = reader.restore(args.saves - 1)
+    if chain is not None:
+        with dk.CheckpointChain(args.url, mode="r", **opts) as reader:
+            got = reader.restore(args.saves - 1)
+        del got
     restore_s = time.perf_counter() - t0
-    del got
     return {
         "mode": args.mode + (f"+{args.compute:g}s compute" if args.compute else ""),
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
@@ -128,7 +136,7 @@ def main() -> None:
     p.add_argument("--saves", type=int, default=12)
     p.add_argument("--tensors", type=int, default=24)
     p.add_argument("--side", type=int, default=2048)
-    p.add_argument("--mode", default="sync", choices=("sync", "async"))
+    p.add_argument("--mode", default="sync", choices=("none", "sync", "async"))
     p.add_argument("--url", default="")
     p.add_argument("--s3", default="")
     p.add_argument("--child", action="store_true")
@@ -145,6 +153,7 @@ def main() -> None:
     rows = []
     mmap_env = {**env, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     local = [
+        ("none", 0.0, env),  # the loop without a chain: what the updates themselves hold
         ("sync", 0.0, env),
         ("async", 0.0, env),
         ("async", 5.0, env),  # a training step longer than a save: blocked = the copy

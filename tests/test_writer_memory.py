@@ -48,7 +48,7 @@ def test_only_the_latest_reconstruction_is_held(tmp_path: Path) -> None:
 def test_a_failed_decode_of_an_anchor_base_leaves_a_writer_that_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = references.decode_paths
+    real = references.decode_into_buffers
     calls = {"n": 0}
 
     def flaky(*a: Any, **k: Any) -> Any:
@@ -60,7 +60,7 @@ def test_a_failed_decode_of_an_anchor_base_leaves_a_writer_that_recovers(
     with dk.CheckpointChain(tmp_path / "c", anchor_every=3, rel_error=1e-3) as chain:
         for i in range(3):
             chain.save(i, _state(i))
-        monkeypatch.setattr(references, "decode_paths", flaky)
+        monkeypatch.setattr(references, "decode_into_buffers", flaky)
         with pytest.raises(OSError):
             chain.save(3, _state(3))  # an anchor: its base (the keyframe) is read from disk
         assert not _in_ram(chain)[-1]  # the top was partly freed: evicted, not half-held

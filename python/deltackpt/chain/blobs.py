@@ -14,7 +14,7 @@ from .._tensors import writable_host
 from ..errors import CorruptDataError
 from ..store import Store
 from .records import Record, read_data
-from .snapshot import clamp0, dtype_name, from_raw, is_torch
+from .snapshot import clamp0, dtype_name, from_raw, is_torch, same_layout
 
 Link = tuple[Record, list[Any], bool]  # a record, its entry for the tensor, clamp at 0
 
@@ -58,13 +58,20 @@ def blob(rec: Record, entry: list[Any], cache: FileCache) -> bytes:
     return data[off : off + length]
 
 
-def exact_value(rec: Record, entry: list[Any], meta: dict[str, Any], cache: FileCache) -> Any:
-    """The value of an exact entry (``key``: a lossless blob, ``raw``: the dtype's bytes)."""
+def exact_value(
+    rec: Record, entry: list[Any], meta: dict[str, Any], cache: FileCache, out: Any = None
+) -> Any:
+    """The value of an exact entry (``key``: a lossless blob, ``raw``: the dtype's bytes),
+    into ``out`` (a buffer of the tensor's layout) when given."""
     data = blob(rec, entry, cache)
     if entry[0] == "raw":
-        return from_raw(data, meta["lib"], meta["dtype"], list(meta["shape"]))
+        x = from_raw(data, meta["lib"], meta["dtype"], list(meta["shape"]))
+        if out is not None and same_layout(out, x):
+            out[...] = x
+            return out
+        return x
     if entry[0] == "key":
-        return decode(data)
+        return decode(data) if out is None else decode(data, out=out)
     raise CorruptDataError(f"tensor {meta['path']}: unknown mode {entry[0]!r}")
 
 

@@ -333,6 +333,7 @@ def commit(
         for name in old.files:
             if name not in rec.files:
                 records.store.delete(name)
+    refs.own(coded.recon, snap, plan.level)  # committed: the dropped references are free
     refs.advance(Level(plan.level, rec.rid, coded.recon, coded.meta), snap)
     return rec
 

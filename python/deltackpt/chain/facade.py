@@ -224,7 +224,10 @@ class CheckpointChain:
         last = self._submitted if busy else self._refs.top_step()
         if last is not None and step <= last:
             raise ValueError(self._step_taken(step, last))
-        snap = snapshot(state, {} if busy else self._refs.spare_copies())  # spares: idle only
+        # a synchronous save reads CPU tensors in place (no copy); a background one copies,
+        # into the previous copy's buffers when no save is in flight
+        spares = {} if busy else self._refs.spare_copies()
+        snap = snapshot(state, spares, borrow=saves is None)
         if saves is not None:
             saves.submit(step, lambda: self._commit(step, snap, exact))
             self._submitted = step

@@ -28,8 +28,8 @@ import numpy as np
 from .._tensors import writable_host
 from .policy import delta_codable, kept_levels
 from .records import RecId, Records
-from .restore import decode_paths
-from .snapshot import Snapshot, TensorKey, same_layout
+from .restore import decode_into_buffers
+from .snapshot import Snapshot, TensorKey, copy_tensor, same_layout
 
 
 @dataclass
@@ -46,35 +46,18 @@ def _delta_coded(t: dict[str, Any]) -> bool:
     return delta_codable(t["dtype"], math.prod(t["shape"]))
 
 
-_BATCH_BYTES = 64 << 20  # an evicted reference is decoded this much at a time
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+_BATCH_BYTES = 8 << 20  # an evicted reference is decoded with this much of its files held
 
 
-def _decode_batched(records: Records, lv: Level, free: dict[str, Any] | None) -> dict[str, Any]:
-    """The reconstructions of ``lv`` decoded ~64 MB at a time (a restore reads and keeps a
-    record's data files while it decodes them: one batch's files, not the whole state's),
-    dropping the same paths of ``free`` just before each batch.
-
-    In the calling thread: the buffers it frees are then reused by the allocator for the
-    ones it decodes (decoder threads allocate from arenas of their own, and a 100M-parameter
-    writer peaked at 4x the state beyond it at each anchor instead of 2.4x;
-    BENCHMARKS.md). The core still decodes each tensor on its thread pool."""
-    out: dict[str, Any] = {}
-    batch: set[str] = set()
-    size = 0
-    paths = list(lv.meta.items())
-    for n, (path, (_lib, dtype, shape)) in enumerate(paths):
-        batch.add(path)
-        size += math.prod(shape) * _ITEMSIZE.get(dtype, 4)
-        if size < _BATCH_BYTES and n + 1 < len(paths):
-            continue
-        if free is not None:
-            for p in batch:
-                free.pop(p, None)
-        want = frozenset(batch)
-        out.update(decode_paths(records, lv.rid, lambda t, w=want: t["path"] in w, threads=1))
-        batch, size = set(), 0
-    return out
+def _decode_into(records: Records, lv: Level, free: dict[str, Any] | None) -> dict[str, Any]:
+    """The reconstructions of ``lv``, decoded into the buffers of ``free`` (the top's, which
+    the save replaces) path by path: the two are never both in RAM, and no fresh memory is
+    taken for the ones that fit (a fresh buffer per tensor while the old ones are freed left
+    a 100M-parameter writer at 4x the state beyond it, glibc keeping what was freed)."""
+    buffers = {} if free is None else {p: v for p, v in free.items() if writable_host(v)}
+    if free is not None:
+        free.clear()
+    return decode_into_buffers(records, lv.rid, list(lv.meta), buffers, _BATCH_BYTES)
 
 
 class References:
@@ -96,7 +79,11 @@ class References:
 
     def live_ids(self, exclude: Level | None = None) -> set[int]:
         """Buffers that hold a reference (other than ``exclude``'s): never to be refilled."""
-        return {id(a) for lv in self.levels if lv is not exclude for a in (lv.recon or {}).values()}
+        return self.live_ids_of([lv for lv in self.levels if lv is not exclude])
+
+    @staticmethod
+    def live_ids_of(levels: list[Level]) -> set[int]:
+        return {id(a) for lv in levels for a in (lv.recon or {}).values()}
 
     def rebuild(self, records: Records, history: list[RecId], threads: int) -> None:
         """Decode the references from the committed records of the branch's ``history``:
@@ -134,7 +121,7 @@ class References:
             top = self.levels[-1]
             free = top.recon if top is not lv else None
             try:
-                lv.recon = _decode_batched(records, lv, free)
+                lv.recon = _decode_into(records, lv, free)
             finally:
                 if free is not None:
                     top.recon = None  # partly freed either way: decoded again when needed
@@ -152,11 +139,38 @@ class References:
         if old is None:
             return {}
         live = self.live_ids()
-        return {lf.path: lf.value for lf in old.leaves if id(lf.value) not in live}
+        return {
+            lf.path: lf.value for lf in old.leaves if id(lf.value) not in live and not lf.borrowed
+        }
 
     def latest_state(self, rid: RecId) -> Snapshot | None:
-        """The host copy of save ``rid`` if it is the latest this writer made."""
-        return self.latest if self.latest is not None and self.latest_rid == rid else None
+        """The state of save ``rid`` if it is the latest this writer made: its host copy, or
+        the caller's tensors it read in place if they still hold the saved values; raises
+        ValueError if they have changed since."""
+        snap = self.latest if self.latest is not None and self.latest_rid == rid else None
+        if snap is not None and not snap.unchanged():
+            raise ValueError(
+                f"the tensors saved at step {rid[1]} have changed since (a training step ran "
+                "after the save): call branch_point() right after save(), or pass the state "
+                "to record, branch_point(name, state=...)"
+            )
+        return snap
+
+    def own(self, recon: dict[str, Any], snap: Snapshot, level: int) -> None:
+        """Copy into the writer's own buffers each reconstruction of ``recon`` that is one of
+        the caller's tensors (stored exactly, a keyframe: a borrowed leaf is only read during
+        its save). The buffers of the references the save drops are refilled first."""
+        lent = {id(lf.value) for lf in snap.leaves if lf.borrowed}
+        if not lent.intersection(id(v) for v in recon.values()):
+            return
+        keep = kept_levels([lv.level for lv in self.levels], level)
+        taken = {id(v) for v in recon.values()} | self.live_ids_of(self.levels[:keep])
+        free = dict(self.spare)
+        for lv in self.levels[keep:]:
+            free.update({p: a for p, a in (lv.recon or {}).items() if id(a) not in taken})
+        for path, value in list(recon.items()):
+            if id(value) in lent:
+                recon[path] = copy_tensor(value, free.pop(path, None))
 
     def advance(self, new: Level, snap: Snapshot) -> None:
         """Push the reconstructions of a committed save; recycle those of dropped levels."""
@@ -164,6 +178,8 @@ class References:
         self.levels = [*self.levels[:keep], new]
         for lv in self.levels[:-1]:  # the base's buffers now hold the new reconstruction
             lv.recon = None
+        if snap.borrowed:
+            snap.seal()
         self.latest, self.latest_rid = snap, new.rid
         self.spare = {}
 

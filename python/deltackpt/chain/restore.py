@@ -43,13 +43,16 @@ def base_chain(records: Records, rec: Record, path: str) -> list[Link]:
         cur = records.base(cur)
 
 
-def decode_one(records: Records, rec: Record, meta: dict[str, Any], cache: FileCache) -> Any:
-    """Decode one tensor of ``rec`` (its schema entry ``meta``) along its base chain."""
+def decode_one(
+    records: Records, rec: Record, meta: dict[str, Any], cache: FileCache, out: Any = None
+) -> Any:
+    """Decode one tensor of ``rec`` (its schema entry ``meta``) along its base chain, into
+    ``out`` (a buffer of its layout, overwritten) when given and the chain allows it."""
     links = base_chain(records, rec, meta["path"])
     if any(needs_lockstep(e) for _, e, _ in links):
         return checked(decode_lockstep(records, rec, [meta["path"]], cache)[meta["path"]], meta)
     first_rec, first, _ = links[-1]
-    x = exact_value(first_rec, first, meta, cache)
+    x = exact_value(first_rec, first, meta, cache, out)
     for link in reversed(links[:-1]):
         x = apply_delta(x, link, cache)
     return checked(x, meta)
@@ -120,6 +123,39 @@ def decode_paths(
     idx = [i for i, t in enumerate(sch.tensors) if want(t)]
     tensors = decode_tensors(records, rec, sch, idx, threads)
     return {sch.tensors[i]["path"]: tensors[i] for i in idx}
+
+
+def decode_into_buffers(
+    records: Records, rid: RecId, paths: list[str], buffers: dict[str, Any], batch_bytes: int
+) -> dict[str, Any]:
+    """Path -> tensor for ``paths`` of ``rid``, one after another in this thread, each into
+    ``buffers[path]`` when it is there and of the tensor's layout (taken from ``buffers``:
+    the caller's old values are overwritten). Data files are kept for ~``batch_bytes`` of
+    decoded tensors at a time, so a writer rebuilding a reference holds it, one batch of
+    files and nothing else."""
+    rec = records.record(rid)
+    sch = records.schema(rec.schema)
+    out: dict[str, Any] = {}
+    cache, size = FileCache(records.store), 0
+    for path in paths:
+        i = sch.index.get(path)
+        if i is None:
+            raise CorruptDataError(f"record {rid}: no tensor {path}")
+        if size >= batch_bytes:
+            cache, size = FileCache(records.store), 0
+        buf = buffers.pop(path, None)
+        try:
+            out[path] = decode_one(records, rec, sch.tensors[i], cache, buf)
+        except DeltackptError:
+            raise
+        except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CorruptDataError(f"record {rid}, tensor {path}: {type(e).__name__}: {e}") from e
+        size += _nbytes(out[path])
+    return out
+
+
+def _nbytes(x: Any) -> int:
+    return int(x.nbytes) if hasattr(x, "nbytes") else int(x.numel() * x.element_size())
 
 
 def restore_state(records: Records, rid: RecId, threads: int) -> Any:

@@ -44,15 +44,18 @@ def is_torch(x: Any) -> bool:
 
 @dataclass
 class Leaf:
-    """One tensor of a state, as a contiguous CPU copy."""
+    """One tensor of a state on the host: a contiguous copy, or the caller's own tensor
+    (``borrowed``, a synchronous save of a contiguous CPU tensor: read during the save only,
+    never written, never kept as a reference)."""
 
     path: str
-    value: Any  # numpy array or torch tensor (CPU, contiguous, owned)
+    value: Any  # numpy array or torch tensor (CPU, contiguous)
     lib: str  # "torch" | "numpy"
     dtype: str
     shape: list[int]
     optimizer: bool
     nonneg: bool
+    borrowed: bool = False
 
     @property
     def numel(self) -> int:
@@ -80,6 +83,22 @@ class Snapshot:
     values: list[Any]
     leaves: list[Leaf]
     ready: Any = None  # a CUDA event recorded after the device-to-host copies, or None
+    fingerprints: dict[str, bytes] | None = None  # of the borrowed leaves, once committed
+
+    @property
+    def borrowed(self) -> bool:
+        return any(lf.borrowed for lf in self.leaves)
+
+    def seal(self) -> None:
+        """Fingerprint the borrowed leaves (the save is committed): :meth:`unchanged` later
+        tells whether the caller's tensors still hold the saved values."""
+        self.fingerprints = {lf.path: fingerprint(lf.value) for lf in self.leaves if lf.borrowed}
+
+    def unchanged(self) -> bool:
+        """The borrowed leaves hold what was saved (always true without borrowed leaves)."""
+        prints = self.fingerprints or {}
+        lent = [lf for lf in self.leaves if lf.borrowed]
+        return all(fingerprint(lf.value) == prints.get(lf.path) for lf in lent)
 
     def wait_ready(self) -> None:
         """Block until the host copies are complete (CUDA copies are issued asynchronously)."""
@@ -99,6 +118,25 @@ def same_layout(a: Any, b: Any) -> bool:
     if a is None or isinstance(a, np.ndarray) != isinstance(b, np.ndarray):
         return False
     return bool(a.dtype == b.dtype and a.shape == b.shape and writable_host(a))
+
+
+def fingerprint(x: Any) -> bytes:
+    """xxh3-128 of a host tensor's bytes, read in place."""
+    from .._core import fingerprint as _fingerprint
+
+    if isinstance(x, np.ndarray):
+        return _fingerprint(x.reshape(-1).view(np.uint8))
+    if x.numel() == 0:
+        return _fingerprint(np.zeros(0, np.uint8))
+    return _fingerprint(x.reshape(-1).view(torch_module().uint8).numpy())
+
+
+def borrowable(x: Any) -> bool:
+    """``x`` can be read in place by a synchronous save: contiguous host memory in native
+    byte order (raw bytes are read back native)."""
+    if isinstance(x, np.ndarray):
+        return bool(x.flags.c_contiguous and x.dtype.isnative and x.dtype.kind != "O")
+    return bool(x.device.type == "cpu" and x.is_contiguous() and not x.is_conj() and not x.is_neg())
 
 
 def copy_tensor(x: Any, spare: Any = None) -> Any:
@@ -163,9 +201,10 @@ def pinned_copy(x: Any) -> Any:
     return out.copy_(x.detach(), non_blocking=True)  # pragma: no cover
 
 
-def snapshot(state: Any, spare: dict[str, Any] | None = None) -> Snapshot:
-    """Flatten ``state`` (copying tensors to the host, into the ``spare`` buffers by path when
-    they fit) or raise TypeError naming the bad leaf."""
+def snapshot(state: Any, spare: dict[str, Any] | None = None, *, borrow: bool = False) -> Snapshot:
+    """Flatten ``state`` or raise TypeError naming the bad leaf. Tensors are copied to the
+    host, into the ``spare`` buffers by path when they fit; with ``borrow`` (a synchronous
+    save), contiguous CPU tensors are read in place instead: a save then holds no copy."""
     values: list[Any] = []
     leaves: list[Leaf] = []
     cuda = False
@@ -177,15 +216,18 @@ def snapshot(state: Any, spare: dict[str, Any] | None = None) -> Snapshot:
             cuda = cuda or _on_cuda(obj)
             key = json.dumps(path)
             last = path[-1] if path else None
+            lend = borrow and borrowable(obj)
+            value = obj if isinstance(obj, np.ndarray) else obj.detach()
             leaves.append(
                 Leaf(
                     path=key,
-                    value=copy_tensor(obj, spare.get(key) if spare else None),
+                    value=value if lend else copy_tensor(obj, spare.get(key) if spare else None),
                     lib="numpy" if isinstance(obj, np.ndarray) else "torch",
                     dtype=dtype_name(obj),
                     shape=[int(s) for s in obj.shape],
                     optimizer=optim or last in MOMENT_KEYS,
                     nonneg=last in NONNEG_KEYS,
+                    borrowed=lend,
                 )
             )
             return {"T": len(leaves) - 1}

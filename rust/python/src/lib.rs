@@ -241,6 +241,18 @@ fn checksum128<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes
     Ok(PyBytes::new(py, &sum))
 }
 
+/// xxh3-128 of an array's bytes (`data`: a 1-D uint8 view, no copy): how a writer tells
+/// whether a tensor it borrowed for a save still holds the saved values.
+#[pyfunction]
+fn fingerprint<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray1<'py, u8>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let data = data.as_slice()?;
+    let sum = without_gil(py, || deltackpt::format::checksum128(data))?;
+    Ok(PyBytes::new(py, &sum))
+}
+
 #[pyfunction]
 fn inspect<'py>(py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyDict>> {
     let h = deltackpt::inspect(blob).map_err(DkError)?;
@@ -494,6 +506,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_into, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(checksum128, m)?)?;
+    m.add_function(wrap_pyfunction!(fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(delta_histogram, m)?)?;
     m.add_function(wrap_pyfunction!(codec_encode, m)?)?;
     m.add_function(wrap_pyfunction!(codec_decode, m)?)?;
