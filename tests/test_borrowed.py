@@ -1,5 +1,6 @@
-"""A synchronous save reads the caller's CPU tensors in place: no host copy, and nothing of
-the caller's is kept as a reference (issue 17, writer memory)."""
+"""A save reads the caller's CPU tensors in place: a synchronous one entirely (no host copy),
+a background one for the first half of them before save() returns (chain/staging.py); nothing
+of the caller's is kept as a reference (issue 17, writer memory)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,31 @@ def test_training_in_place_after_a_save_does_not_touch_the_chain(tmp_path: Path)
         assert torch.equal(chain.restore(0)["w"], saved[0][0])  # the keyframe: exact
 
 
+@pytest.mark.parametrize("exact_every", [None, 3])
+def test_a_background_save_is_unaffected_by_training_after_it_returns(
+    tmp_path: Path, exact_every: int | None
+) -> None:
+    g = torch.Generator().manual_seed(1)
+    state = {f"w{i}": torch.randn(40_000, generator=g) for i in range(6)}
+    state["ids"] = torch.arange(10)
+    saved = []
+    with dk.CheckpointChain(tmp_path / "c", anchor_every=3, async_save=True) as chain:
+        for step in range(8):
+            exact = exact_every is not None and step % exact_every == 0
+            chain.save(step, state, exact=exact)
+            saved.append({k: v.clone() for k, v in state.items()})
+            for v in state.values():  # the next training step, at once, in place
+                v.add_(1) if v.dtype == torch.int64 else v.add_(torch.randn(v.shape, generator=g))
+        chain.wait()
+        for step, want in enumerate(saved):
+            got = chain.restore(step)
+            assert torch.equal(got["ids"], want["ids"])
+            for k in want:
+                if k != "ids":
+                    assert _rel(got[k], want[k]) <= 0.03 * (1 + 1e-6), (step, k)
+        assert torch.equal(chain.restore(0)["w0"], saved[0]["w0"])  # keyframe: exact
+
+
 def test_branch_point_after_a_training_step_asks_for_the_state(tmp_path: Path) -> None:
     w = torch.ones(10_000)
     with dk.CheckpointChain(tmp_path / "c") as chain:
@@ -76,7 +102,7 @@ PEAK = textwrap.dedent(
     state = {{f"w{{i}}": torch.randn(1024, 1024) for i in range(16)}}  # 64 MiB
     open("/proc/self/clear_refs", "w").write("5")
     base = status("VmRSS")
-    with dk.CheckpointChain({root!r}, anchor_every=3) as chain:
+    with dk.CheckpointChain({root!r}, anchor_every=3, async_save={background}) as chain:
         for step in range(8):
             for t in state.values():
                 t.mul_(1.0001).add_(1e-4)  # in place: no temporaries of the loop's own
@@ -86,13 +112,15 @@ PEAK = textwrap.dedent(
 )
 
 
-def test_a_sync_writer_holds_about_one_state_beyond_the_state(tmp_path: Path) -> None:
-    """Peak RSS beyond the state over keyframe, steps and anchors: the reference plus the
-    coder's scratch. Holding a copy of the state too (the design before) measured above 2x."""
+@pytest.mark.parametrize(("background", "most"), [(False, 1.8), (True, 2.2)])
+def test_the_writer_peak_beyond_the_state(tmp_path: Path, background: bool, most: float) -> None:
+    """Peak RSS beyond the state over keyframe, steps and anchors (16 x 4 MiB): a synchronous
+    writer holds the reference and the coder's scratch (measured 1.55x), a background one
+    half a copy more (1.89x). Copying the state for every save, as before, measured 2.56x."""
     from conftest import package_parent
 
-    code = PEAK.format(py=package_parent(), root=str(tmp_path / "c"))
+    code = PEAK.format(py=package_parent(), root=str(tmp_path / "c"), background=background)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     beyond = json.loads(out.stdout.strip().splitlines()[-1])
-    assert beyond <= 1.8, f"the writer peaked at {beyond:.2f}x the state beyond it"
+    assert beyond <= most, f"the writer peaked at {beyond:.2f}x the state beyond it"

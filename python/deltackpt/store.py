@@ -71,13 +71,17 @@ def frame(payload: bytes) -> bytes:
 
 def unframe(data: bytes, name: str) -> bytes:
     """Check a framed file and return its payload; raise ``CorruptDataError`` on any mismatch."""
+    return check_frame(data[: HEADER.size], data[HEADER.size :], name)
+
+
+def check_frame(header: bytes, payload: bytes, name: str) -> bytes:
+    """Check a framed file read as its header and its payload; return the payload."""
     err = CorruptDataError
-    if len(data) < HEADER.size:
-        raise err(f"{name}: truncated file ({len(data)} bytes)")
-    magic, digest, length = HEADER.unpack_from(data)
+    if len(header) < HEADER.size:
+        raise err(f"{name}: truncated file ({len(header)} bytes)")
+    magic, digest, length = HEADER.unpack_from(header)
     if magic not in (MAGIC, MAGIC_BLAKE2):
         raise err(f"{name}: bad magic {magic!r}")
-    payload = data[HEADER.size :]
     if len(payload) != length:
         raise err(f"{name}: length {len(payload)} != recorded {length}")
     if magic == MAGIC:
@@ -153,6 +157,12 @@ class Store:
     def read_raw(self, name: str) -> bytes:
         """The file's bytes as stored (framing included)."""
         raise NotImplementedError
+
+    def read_frame(self, name: str) -> tuple[bytes, bytes]:
+        """The file's frame header and payload as stored, unchecked (a store that can read
+        them apart spares a copy of the payload: a keyframe's files are tensor-sized)."""
+        raw = self.read_raw(name)
+        return raw[: HEADER.size], raw[HEADER.size :]
 
     def exists(self, name: str) -> bool:
         """Whether a committed file ``name`` exists."""
@@ -327,6 +337,10 @@ class LocalStore(Store):
     def read_raw(self, name: str) -> bytes:
         with open(self._path(name), "rb") as f:
             return f.read()
+
+    def read_frame(self, name: str) -> tuple[bytes, bytes]:
+        with open(self._path(name), "rb") as f:
+            return f.read(HEADER.size), f.read()
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(self._path(name))

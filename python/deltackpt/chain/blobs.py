@@ -55,6 +55,8 @@ def blob(rec: Record, entry: list[Any], cache: FileCache) -> bytes:
         isinstance(off, int) and isinstance(length, int) and 0 <= off and off + length <= len(data)
     ):
         raise CorruptDataError(f"record {rec.rid}: blob [{off}, +{length}) outside its file")
+    if off == 0 and length == len(data):
+        return data  # a blob with a file of its own: no copy of a tensor-sized payload
     return data[off : off + length]
 
 

@@ -134,3 +134,14 @@ def new_branch_name(point: str, requested: str | None, existing: set[str]) -> st
     if name in existing:
         raise ValueError(f"branch {name!r} exists")
     return name
+
+
+def step_taken(step: int, last: int, branch: str, url: str) -> str:
+    """The message of a save whose step is not after the branch's latest: what to do."""
+    return (
+        f"step {step} <= latest step {last} of branch {branch!r} in {url}: "
+        "steps must increase along a branch. To continue this run, call "
+        f"`start = chain.resume(model=..., optimizer=...)` (loads step {last}, returns "
+        f"{last + 1}) and save from there; to start over, use a new path; to go back to an "
+        "earlier point, `chain.rollback(name)` a branch point"
+    )

@@ -49,6 +49,7 @@ from .records import (
 )
 from .references import Level, OutputBuffers, References
 from .snapshot import Leaf, Snapshot, TensorKey, check_finite, clamp0, raw_bytes
+from .staging import Staging
 
 _PACK_BYTES = 1 << 20  # blobs are packed into data files of about this size
 
@@ -128,9 +129,15 @@ class TensorCoder:
     second moment is coded after it, against the second moment's reconstruction."""
 
     def __init__(
-        self, cfg: ChainConfig, refs: References, base: Level | None, level: int, snap: Snapshot
+        self,
+        cfg: ChainConfig,
+        refs: References,
+        base: Level | None,
+        level: int,
+        snap: Snapshot,
+        stage: Staging | None = None,
     ) -> None:
-        self.cfg, self.base, self.level = cfg, base, level
+        self.cfg, self.base, self.level, self.stage = cfg, base, level, stage
         self.floors = (
             {} if base is None else bucket_floors(snap.leaves, base.meta, base.recon, level, cfg)
         )
@@ -154,7 +161,11 @@ class TensorCoder:
             if i in grouped:
                 continue
             leaf = snap.leaves[i]
+            if self.stage is not None:
+                self.stage.before(leaf, coded.recon)
             mode, blob, recon, moment = self.code(leaf)
+            if self.stage is not None:
+                self.stage.after(leaf)
             self.values[leaf.path] = leaf.value if recon is None else recon
             if recon is not None:
                 coded.recon[leaf.path], coded.meta[leaf.path] = recon, leaf.key
@@ -163,6 +174,8 @@ class TensorCoder:
                 entry.append(self.index[moment])
             coded.entries[i] = entry
             coded.errors[i] = _measured(blob) if mode == "delta" else None
+        if self.stage is not None:  # everything read in place is coded: save() may return
+            self.stage.release(coded.recon)
         if grouped:
             self.code_groups(snap, grouped, files, coded)
         return coded
@@ -294,11 +307,31 @@ def commit(
     *,
     exact: bool,
     replace: bool = False,
+    stage: Staging | None = None,
 ) -> Record:
     """Encode and write the save of ``step`` on ``branch``; then advance the references.
 
-    ``replace`` rewrites that step's record as an exact keyframe (a branch point).
+    ``replace`` rewrites that step's record as an exact keyframe (a branch point). ``stage``:
+    a background save that reads the caller's tensors in place until it releases them.
     """
+    try:
+        return _commit(records, refs, cfg, branch, step, snap, exact, replace, stage)
+    finally:
+        if stage is not None:
+            stage.fail()  # released already, unless the save failed before
+
+
+def _commit(
+    records: Records,
+    refs: References,
+    cfg: ChainConfig,
+    branch: str,
+    step: int,
+    snap: Snapshot,
+    exact: bool,
+    replace: bool,
+    stage: Staging | None,
+) -> Record:
     check_readable(snap)
     snap.wait_ready()  # CUDA: the device-to-host copies are complete
     if refs.stale:  # a failed save had started updating references in place
@@ -310,8 +343,12 @@ def commit(
     plan = _plan(records, refs, cfg, step, exact or replace)
     base = None
     if plan.base is not None:  # only the top is in RAM: an anchor's base comes from disk
+        if stage is not None and refs.levels[plan.base].recon is None:
+            stage.free.clear()  # the previous save's copies go before the base is decoded
         base = refs.base(plan.base, records)
-    coder = TensorCoder(cfg, refs, base, plan.level, snap)
+    if stage is not None and base is None:  # a keyframe drops every reference: refill them
+        stage.add_free(refs.dropped_buffers(plan.level))
+    coder = TensorCoder(cfg, refs, base, plan.level, snap, stage)
     prefix = data_prefix(branch, step, os.urandom(4).hex())
     files = DataFiles(records.store, prefix)
     try:
@@ -326,7 +363,8 @@ def commit(
         records.store.sync_dirs({data_dir(branch)})  # data durable before the commit
         _put(records, rec, replace)
     except BaseException:
-        refs.stale = refs.stale or coder.updated_references
+        overwrote = stage is not None and stage.overwrote
+        refs.stale = refs.stale or coder.updated_references or overwrote
         files.discard()
         raise
     if old is not None:

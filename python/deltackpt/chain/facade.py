@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from ..errors import CorruptDataError
 from ..store import Store, open_store
-from . import branches, commitlog, inspect, retention
+from . import branches, commitlog, inspect, retention, staging
 from .background import BackgroundSaves
 from .commit import commit
 from .config import ChainConfig
@@ -31,6 +32,7 @@ from .records import (
 from .references import References
 from .restore import restore_state
 from .snapshot import Snapshot, snapshot
+from .staging import Staging
 
 
 def _setting(name: str) -> Any:
@@ -223,30 +225,26 @@ class CheckpointChain:
         busy = saves is not None and (saves.make_room() or saves.busy)
         last = self._submitted if busy else self._refs.top_step()
         if last is not None and step <= last:
-            raise ValueError(self._step_taken(step, last))
-        # a synchronous save reads CPU tensors in place (no copy); a background one copies,
-        # into the previous copy's buffers when no save is in flight
+            raise ValueError(branches.step_taken(step, last, self._head, self.store.url))
+        # tensors read in place when idle: no copy (sync), half a copy (background: staging.py)
         spares = {} if busy else self._refs.spare_copies()
-        snap = snapshot(state, spares, borrow=saves is None)
-        if saves is not None:
-            saves.submit(step, lambda: self._commit(step, snap, exact))
-            self._submitted = step
-        else:
+        snap = snapshot(state, spares, borrow=not busy)
+        if saves is None:
             self._commit(step, snap, exact)
+            return
+        self._submitted = step
+        staging.submit(saves, step, snap, spares, partial(self._commit, step, snap, exact))
 
-    def _step_taken(self, step: int, last: int) -> str:
-        """The message of a save whose step is not after the branch's latest: what to do."""
-        return (
-            f"step {step} <= latest step {last} of branch {self._head!r} in {self.store.url}: "
-            "steps must increase along a branch. To continue this run, call "
-            f"`start = chain.resume(model=..., optimizer=...)` (loads step {last}, returns "
-            f"{last + 1}) and save from there; to start over, use a new path; to go back to an "
-            "earlier point, `chain.rollback(name)` a branch point"
-        )
-
-    def _commit(self, step: int, snap: Snapshot, exact: bool, replace: bool = False) -> None:
-        cfg, head = self.config, self._head
-        commit(self.records, self._refs, cfg, head, step, snap, exact=exact, replace=replace)
+    def _commit(
+        self,
+        step: int,
+        snap: Snapshot,
+        exact: bool,
+        replace: bool = False,
+        stage: Staging | None = None,
+    ) -> None:
+        cfg, head, refs = self.config, self._head, self._refs
+        commit(self.records, refs, cfg, head, step, snap, exact=exact, replace=replace, stage=stage)
         pinned = [lv.rid for lv in self._refs.levels]
         retention.apply_retention(self.records, head, cfg, pinned)
         commitlog.after(self.store, "save", tip=(head, step))

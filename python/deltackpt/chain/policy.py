@@ -280,19 +280,16 @@ def optimizer_eps(tree: Any, values: Sequence[Any]) -> float:
     """The smallest ``eps`` of any optimizer param group in a state (the strictest bound),
     or :data:`DEFAULT_EPS` when none is saved."""
     found: list[float] = []
-
-    def walk(node: Any) -> None:
-        ((tag, body),) = node.items()
+    stack = [tree]  # a loop, not a recursive closure (a reference cycle)
+    while stack:
+        ((tag, body),) = stack.pop().items()
         if tag == "D":
             for k, sub in body:
                 if k == "eps" and "V" in sub and isinstance(values[sub["V"]], (int, float)):
                     found.append(float(values[sub["V"]]))
-                walk(sub)
+                stack.append(sub)
         elif tag in ("L", "U"):
-            for sub in body:
-                walk(sub)
-
-    walk(tree)
+            stack.extend(body)
     return min(found) if found else DEFAULT_EPS
 
 

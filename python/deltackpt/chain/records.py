@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptDataError, UnsupportedError
-from ..store import HEADER, Store, unframe
+from ..store import HEADER, Store, check_frame
 from .config import ChainConfig
 from .groups import Group
 from .parsing import (
@@ -286,9 +286,9 @@ def read_data(store: Store, rec: Record, index: int) -> bytes:
     """The payload of data file ``index`` of ``rec``, checked against the digest the record
     binds (a file swapped for another, even a valid one, is corrupt data naming it)."""
     name = rec.files[index]
-    raw = store.read_raw(name)
-    payload = unframe(raw, name)
-    if rec.digests is not None and HEADER.unpack_from(raw)[1].hex() != rec.digests[index]:
+    header, payload = store.read_frame(name)
+    payload = check_frame(header, payload, name)
+    if rec.digests is not None and HEADER.unpack_from(header)[1].hex() != rec.digests[index]:
         raise CorruptDataError(
             f"{name} is not the file record {rec.branch}/{rec.step} wrote (its digest differs):"
             " it was replaced or swapped with another file; restore another step or the file"

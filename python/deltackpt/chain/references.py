@@ -156,6 +156,16 @@ class References:
             )
         return snap
 
+    def dropped_buffers(self, level: int) -> dict[str, Any]:
+        """The buffers of the references a save of ``level`` without a base (a keyframe)
+        drops, free for that save's own copies."""
+        keep = kept_levels([lv.level for lv in self.levels], level)
+        live = self.live_ids_of(self.levels[:keep])
+        free: dict[str, Any] = {}
+        for lv in self.levels[keep:]:
+            free.update({p: a for p, a in (lv.recon or {}).items() if id(a) not in live})
+        return free
+
     def own(self, recon: dict[str, Any], snap: Snapshot, level: int) -> None:
         """Copy into the writer's own buffers each reconstruction of ``recon`` that is one of
         the caller's tensors (stored exactly, a keyframe: a borrowed leaf is only read during
@@ -178,7 +188,7 @@ class References:
         self.levels = [*self.levels[:keep], new]
         for lv in self.levels[:-1]:  # the base's buffers now hold the new reconstruction
             lv.recon = None
-        if snap.borrowed:
+        if snap.borrowed and snap.fingerprints is None:  # a background save sealed it
             snap.seal()
         self.latest, self.latest_rid = snap, new.rid
         self.spare = {}

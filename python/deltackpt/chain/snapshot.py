@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -148,11 +149,31 @@ def copy_tensor(x: Any, spare: Any = None) -> Any:
             np.copyto(spare, x)
             return spare
         return spare.copy_(x.detach(), non_blocking=cuda and spare.is_pinned())
-    if isinstance(x, np.ndarray):  # in native byte order: raw bytes are read back native
-        return np.array(x, dtype=x.dtype.newbyteorder("="), copy=True, order="C")
     if cuda:
         return pinned_copy(x)
+    out = mapped_empty(x)
+    if out is not None:
+        return copy_tensor(x, out)
+    if isinstance(x, np.ndarray):  # in native byte order: raw bytes are read back native
+        return np.array(x, dtype=x.dtype.newbyteorder("="), copy=True, order="C")
     return x.detach().to("cpu", copy=True).contiguous()
+
+
+_MAPPED_BYTES = 1 << 20
+
+
+def mapped_empty(x: Any) -> Any:
+    """An uninitialised host buffer of ``x``'s layout (native byte order) in memory mapped
+    for it alone, or None below 1 MiB: freeing it gives the memory back to the system at
+    once. The writer's large buffers come from here, not from the allocator's heaps, which
+    kept what one thread freed out of another's reach (a writer held 2-3x the state)."""
+    nbytes = x.nbytes if isinstance(x, np.ndarray) else x.numel() * x.element_size()
+    if nbytes < _MAPPED_BYTES:
+        return None
+    buf = mmap.mmap(-1, nbytes)
+    if isinstance(x, np.ndarray):
+        return np.frombuffer(buf, dtype=x.dtype.newbyteorder("=")).reshape(x.shape)
+    return torch_module().frombuffer(buf, dtype=x.dtype).reshape(x.shape)
 
 
 def check_storable(x: Any, path: list[Any]) -> None:
@@ -205,64 +226,75 @@ def snapshot(state: Any, spare: dict[str, Any] | None = None, *, borrow: bool = 
     """Flatten ``state`` or raise TypeError naming the bad leaf. Tensors are copied to the
     host, into the ``spare`` buffers by path when they fit; with ``borrow`` (a synchronous
     save), contiguous CPU tensors are read in place instead: a save then holds no copy."""
-    values: list[Any] = []
-    leaves: list[Leaf] = []
-    cuda = False
+    flat = _Flattener(spare or {}, borrow)
+    tree = flat.walk(state, [], False)
+    snap = Snapshot(tree, flat.values, flat.leaves)
+    if flat.cuda:  # pragma: no cover - no GPU here
+        torch = torch_module()
+        snap.ready = torch.cuda.Event()
+        snap.ready.record()  # after every copy issued on the current stream
+    return snap
 
-    def walk(obj: Any, path: list[Any], optim: bool) -> Any:
-        nonlocal cuda
+
+class _Flattener:
+    """The walk of :func:`snapshot`. An object, not a recursive closure: a closure that calls
+    itself is a reference cycle that only the garbage collector frees, and it kept each
+    save's copies (half the state, with ``async_save``) alive until it ran."""
+
+    def __init__(self, spare: dict[str, Any], borrow: bool) -> None:
+        self.spare, self.borrow = spare, borrow
+        self.values: list[Any] = []
+        self.leaves: list[Leaf] = []
+        self.cuda = False
+
+    def walk(self, obj: Any, path: list[Any], optim: bool) -> Any:
         if is_torch(obj) or isinstance(obj, np.ndarray):
-            check_storable(obj, path)
-            cuda = cuda or _on_cuda(obj)
-            key = json.dumps(path)
-            last = path[-1] if path else None
-            lend = borrow and borrowable(obj)
-            value = obj if isinstance(obj, np.ndarray) else obj.detach()
-            leaves.append(
-                Leaf(
-                    path=key,
-                    value=value if lend else copy_tensor(obj, spare.get(key) if spare else None),
-                    lib="numpy" if isinstance(obj, np.ndarray) else "torch",
-                    dtype=dtype_name(obj),
-                    shape=[int(s) for s in obj.shape],
-                    optimizer=optim or last in MOMENT_KEYS,
-                    nonneg=last in NONNEG_KEYS,
-                    borrowed=lend,
-                )
-            )
-            return {"T": len(leaves) - 1}
+            return self.leaf(obj, path, optim)
         if obj is None or isinstance(obj, (bool, int, float, str)):
-            values.append(obj)
-            return {"V": len(values) - 1}
+            self.values.append(obj)
+            return {"V": len(self.values) - 1}
         if isinstance(obj, np.generic):
-            values.append(obj.item())
-            return {"V": len(values) - 1}
+            self.values.append(obj.item())
+            return {"V": len(self.values) - 1}
         if isinstance(obj, Mapping):
             items = []
             for k, v in obj.items():
                 if not (k is None or isinstance(k, (bool, int, float, str))):
                     raise TypeError(f"unsupported dict key {k!r} at {path}")
                 sub = optim or (isinstance(k, str) and "optim" in k.lower())
-                items.append([k, walk(v, [*path, k], sub)])
+                items.append([k, self.walk(v, [*path, k], sub)])
             return {"D": items}
         if isinstance(obj, (list, tuple)):
-            nodes = [walk(v, [*path, i], optim) for i, v in enumerate(obj)]
+            nodes = [self.walk(v, [*path, i], optim) for i, v in enumerate(obj)]
             return {"L" if isinstance(obj, list) else "U": nodes}
         sd = getattr(obj, "state_dict", None)
         if callable(sd):
-            return walk(sd(), path, optim or hasattr(obj, "param_groups"))
+            return self.walk(sd(), path, optim or hasattr(obj, "param_groups"))
         raise TypeError(
             f"cannot store {type(obj).__name__} at {path}: only tensors, numpy arrays, "
             "JSON values, lists/tuples/dicts of them and objects with state_dict() (no pickle)"
         )
 
-    tree = walk(state, [], False)
-    snap = Snapshot(tree, values, leaves)
-    if cuda:  # pragma: no cover - no GPU here
-        torch = torch_module()
-        snap.ready = torch.cuda.Event()
-        snap.ready.record()  # after every copy issued on the current stream
-    return snap
+    def leaf(self, obj: Any, path: list[Any], optim: bool) -> dict[str, int]:
+        check_storable(obj, path)
+        self.cuda = self.cuda or _on_cuda(obj)
+        key = json.dumps(path)
+        last = path[-1] if path else None
+        lend = self.borrow and borrowable(obj)
+        value = obj if isinstance(obj, np.ndarray) else obj.detach()
+        self.leaves.append(
+            Leaf(
+                path=key,
+                value=value if lend else copy_tensor(obj, self.spare.get(key)),
+                lib="numpy" if isinstance(obj, np.ndarray) else "torch",
+                dtype=dtype_name(obj),
+                shape=[int(s) for s in obj.shape],
+                optimizer=optim or last in MOMENT_KEYS,
+                nonneg=last in NONNEG_KEYS,
+                borrowed=lend,
+            )
+        )
+        return {"T": len(self.leaves) - 1}
 
 
 def rebuild(tree: Any, values: list[Any], tensors: list[Any]) -> Any:
