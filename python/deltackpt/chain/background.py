@@ -1,11 +1,11 @@
 """Saves in the background (``async_save=True``), with a contract.
 
-* ``save()`` returns once the state is copied to the host (on CUDA: a device-to-host copy into
-  pinned buffers, :func:`host_copy`); encoding, writing and the commit run in one background
-  thread, in the order of the saves.
-* At most ``max_pending`` saves are copied and not yet committed (default 1): a ``save()``
-  beyond that first waits for the oldest one. Each pending save holds one host copy of the
-  state, so this also bounds the memory.
+* ``save()`` returns once the caller's tensors are no longer read (:mod:`.staging`: half of
+  them coded in place, the rest copied; on CUDA a device-to-host copy into pinned buffers);
+  coding, writing and the commit run in one background thread, in the order of the saves.
+* At most ``max_pending`` saves are handed over and not yet committed (default 1): a ``save()``
+  beyond that first waits for the oldest one. Each pending save holds at most one host copy
+  of the state, so this also bounds the memory.
 * A failure is kept, not lost: ``wait()`` and ``close()`` (and the next ``save()``) raise the
   first failure as :class:`~deltackpt.errors.SaveError` naming its step, the original error
   as its ``__cause__``. The saves after a failed one still run, coded against the committed

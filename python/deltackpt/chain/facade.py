@@ -213,8 +213,8 @@ class CheckpointChain:
         """Save ``state`` (nested dict of tensors / JSON values / objects with state_dict()).
 
         Steps must increase along a branch. ``exact=True`` stores a lossless keyframe (and
-        accepts NaN/Inf). With ``async_save`` it returns once the state is copied to the
-        host; encoding and writing run in the background (at most ``max_pending`` saves in
+        accepts NaN/Inf). With ``async_save`` it returns once half the state is coded and the
+        rest copied; coding and writing go on in the background (at most ``max_pending`` in
         flight: a save beyond waits for the oldest), and a failure there is raised as
         :class:`~deltackpt.errors.SaveError` by :meth:`wait`, :meth:`close` or the next save.
         """
