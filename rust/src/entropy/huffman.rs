@@ -138,8 +138,15 @@ pub fn encode(symbols: &[u8], out: &mut Vec<u8>) {
     if symbols.is_empty() {
         return;
     }
-    let hist = super::tans::histogram(symbols);
-    let (len, bits) = plan(&hist);
+    encode_with(symbols, &super::tans::histogram(symbols), out);
+}
+
+/// [`encode`] with the symbols' histogram already counted (`hist` must be exactly it).
+pub fn encode_with(symbols: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
+    if symbols.is_empty() {
+        return;
+    }
+    let (len, bits) = plan(hist);
     let max_sym = len.iter().rposition(|&x| x > 0).unwrap_or(0);
     out.push(max_sym as u8);
     for pair in len[..=max_sym].chunks(2) {
