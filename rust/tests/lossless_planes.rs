@@ -161,6 +161,8 @@ fn forged_plane_records_are_refused() {
         &[0x41],
         &[0x41, 1, 2],
         &[0x42, 0],
+        &[0x43],
+        &[0x43, 9, 0],
         &[0x4f, 0],
         &[],
     ] {
