@@ -89,7 +89,7 @@ pub fn tensor_decode(data: &[u8]) {
 /// Ok or a typed error, with and without a (zero) reference, and never allocate more than the
 /// declared tensor.
 pub fn lossless_decode(data: &[u8]) {
-    let Some((&[d, lo, hi], chunk)) = data.split_first_chunk::<3>().map(|(h, r)| (h, r)) else {
+    let Some((&[d, lo, hi], chunk)) = data.split_first_chunk::<3>() else {
         return;
     };
     let dtype = [DType::F32, DType::F64, DType::F16, DType::BF16][d as usize % 4];
