@@ -726,7 +726,10 @@ fn check_plausible(header: &Header, chunks: &[&[u8]]) -> Result<()> {
     for (i, c) in chunks.iter().enumerate() {
         let want = per_chunk.min(stream_len - i * per_chunk);
         let streams: Vec<&[u8]> = match header.quantizer {
-            Quantizer::None => lossless::plane_streams(c, header.dtype.size())?,
+            Quantizer::None => {
+                lossless::check_plausible(c, header.dtype.size(), want)?;
+                continue;
+            }
             Quantizer::Bounded => vec![bounded::token_stream(c)?],
             _ => vec![c],
         };

@@ -138,90 +138,27 @@ pub fn from_f64(values: &[f64], out: &mut [u8]) {
 
 /// Split elements of `size` bytes into `size` byte planes, most significant first, after
 /// rotating each element's bits left by one (sign bit to the bottom). With `xor` (a reference
-/// of the same length), elements are first XORed with it bit for bit.
+/// of the same length), elements are first XORed with it bit for bit. (A `Vec` front end of
+/// [`crate::planes::split`].)
 ///
-/// `planes` must hold `size` buffers of `bytes.len() / size` bytes each.
+/// `planes` must hold `size` buffers; each is resized to `bytes.len() / size` bytes.
 pub fn split_planes(size: usize, bytes: &[u8], xor: Option<&[u8]>, planes: &mut [Vec<u8>]) {
     let n = bytes.len() / size;
-    for p in planes.iter_mut() {
-        p.clear();
-        p.resize(n, 0);
-    }
-    macro_rules! split {
-        ($t:ty, $w:expr) => {{
-            let mut outs: Vec<&mut [u8]> = planes.iter_mut().map(|p| p.as_mut_slice()).collect();
-            for i in 0..n {
-                let mut v = <$t>::from_le_bytes(bytes[i * $w..i * $w + $w].try_into().unwrap());
-                if let Some(r) = xor {
-                    v ^= <$t>::from_le_bytes(r[i * $w..i * $w + $w].try_into().unwrap());
-                }
-                let be = v.rotate_left(1).to_be_bytes();
-                for (k, o) in outs.iter_mut().enumerate() {
-                    o[i] = be[k];
-                }
-            }
-        }};
-    }
-    match size {
-        2 => split!(u16, 2),
-        4 => {
-            // The common case, written out so the compiler keeps all four planes in registers.
-            let [p0, p1, p2, p3] = planes else {
-                unreachable!("four planes")
-            };
-            let outs = p0
-                .iter_mut()
-                .zip(p1.iter_mut())
-                .zip(p2.iter_mut().zip(p3.iter_mut()));
-            for (i, ((a, b), (c, d))) in outs.enumerate() {
-                let mut v = u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
-                if let Some(r) = xor {
-                    v ^= u32::from_le_bytes(r[i * 4..i * 4 + 4].try_into().unwrap());
-                }
-                let [x0, x1, x2, x3] = v.rotate_left(1).to_be_bytes();
-                (*a, *b, *c, *d) = (x0, x1, x2, x3);
-            }
-        }
-        8 => split!(u64, 8),
-        _ => unreachable!("element sizes are 2, 4 or 8"),
-    }
+    let mut views: Vec<&mut [u8]> = planes
+        .iter_mut()
+        .map(|p| {
+            p.clear();
+            p.resize(n, 0);
+            p.as_mut_slice()
+        })
+        .collect();
+    crate::planes::split(size, bytes, xor, &mut views);
 }
 
 /// Inverse of [`split_planes`]: interleave planes back into elements, XOR with `xor` if given.
 pub fn merge_planes(size: usize, planes: &[Vec<u8>], xor: Option<&[u8]>, out: &mut [u8]) {
-    let n = out.len() / size;
-    macro_rules! merge {
-        ($t:ty, $w:expr) => {{
-            for i in 0..n {
-                let mut be = [0u8; $w];
-                for (k, p) in planes.iter().enumerate() {
-                    be[k] = p[i];
-                }
-                let mut v = <$t>::from_be_bytes(be).rotate_right(1);
-                if let Some(r) = xor {
-                    v ^= <$t>::from_le_bytes(r[i * $w..i * $w + $w].try_into().unwrap());
-                }
-                out[i * $w..i * $w + $w].copy_from_slice(&v.to_le_bytes());
-            }
-        }};
-    }
-    match size {
-        2 => merge!(u16, 2),
-        4 => {
-            let [p0, p1, p2, p3] = planes else {
-                unreachable!("four planes")
-            };
-            for (i, o) in out.chunks_exact_mut(4).enumerate() {
-                let mut v = u32::from_be_bytes([p0[i], p1[i], p2[i], p3[i]]).rotate_right(1);
-                if let Some(r) = xor {
-                    v ^= u32::from_le_bytes(r[i * 4..i * 4 + 4].try_into().unwrap());
-                }
-                o.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        8 => merge!(u64, 8),
-        _ => unreachable!("element sizes are 2, 4 or 8"),
-    }
+    let views: Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+    crate::planes::merge(size, &views, xor, out);
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod float;
 pub mod format;
 pub mod lossless;
 pub mod parallel;
+pub mod planes;
 pub mod quant;
 mod scalar;
 mod target;

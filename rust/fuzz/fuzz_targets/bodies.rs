@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use deltackpt::entropy::{self, huffman, lz77, tans};
+use deltackpt::{DType, Header, Quantizer};
 
 /// Symbol count for the raw-body decoders: the first two bytes, little-endian.
 fn split(data: &[u8]) -> Option<(usize, &[u8])> {
@@ -79,6 +80,42 @@ pub fn tensor_decode(data: &[u8]) {
                     let _ = deltackpt::decode_with(&sealed, None, Some(&zeros));
                 }
             }
+        }
+    }
+}
+
+/// Lossless chunks inside a well-formed container: byte 0 picks the dtype, bytes 1..3 the
+/// element count (little-endian), the rest is one chunk of plane records. Decoding must give
+/// Ok or a typed error, with and without a (zero) reference, and never allocate more than the
+/// declared tensor.
+pub fn lossless_decode(data: &[u8]) {
+    let Some((&[d, lo, hi], chunk)) = data.split_first_chunk::<3>() else {
+        return;
+    };
+    let dtype = [DType::F32, DType::F64, DType::F16, DType::BF16][d as usize % 4];
+    let n = u16::from_le_bytes([lo, hi]) as u64;
+    let zeros = vec![0u8; n as usize * dtype.size()];
+    for reference in [None, Some(&zeros[..])] {
+        let header = Header {
+            dtype,
+            shape: vec![n],
+            quantizer: Quantizer::None,
+            coder: entropy::Coder::Auto,
+            bits: 0,
+            flags: if reference.is_some() {
+                deltackpt::format::FLAG_REFERENCE
+            } else {
+                0
+            },
+            reference_hash: reference.map(xxhash_rust::xxh3::xxh3_64),
+            params: Vec::new(),
+            chunk_elems: n.max(1),
+            chunk_sizes: vec![chunk.len() as u64],
+            tag: 0,
+        };
+        let blob = deltackpt::format::write(&header, &[chunk.to_vec()]);
+        if let Ok(t) = deltackpt::decode(&blob, reference) {
+            assert_eq!(t.data.len(), zeros.len());
         }
     }
 }

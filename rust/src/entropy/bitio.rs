@@ -105,6 +105,17 @@ impl<'a> BitReader<'a> {
         r
     }
 
+    /// Read `data` from bit `bitpos` (at most `8 * data.len()`).
+    pub fn at(data: &'a [u8], bitpos: usize) -> Self {
+        let mut r = BitReader {
+            data,
+            bitpos,
+            window: 0,
+        };
+        r.refill();
+        r
+    }
+
     /// Make at least 56 bits available to [`peek`](Self::peek)/[`consume`](Self::consume).
     #[inline(always)]
     pub fn refill(&mut self) {

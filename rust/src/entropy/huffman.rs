@@ -138,31 +138,54 @@ pub fn encode(symbols: &[u8], out: &mut Vec<u8>) {
     if symbols.is_empty() {
         return;
     }
-    let hist = super::tans::histogram(symbols);
-    let (len, bits) = plan(&hist);
+    encode_with(symbols, &super::tans::histogram(symbols), out);
+}
+
+/// [`encode`] with the symbols' histogram already counted (`hist` must be exactly it).
+pub fn encode_with(symbols: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
+    if symbols.is_empty() {
+        return;
+    }
+    let (len, bits) = plan(hist);
     let max_sym = len.iter().rposition(|&x| x > 0).unwrap_or(0);
     out.push(max_sym as u8);
     for pair in len[..=max_sym].chunks(2) {
         out.push(pair[0] | pair.get(1).copied().unwrap_or(0) << 4);
     }
     let codes = canonical(&len[..=max_sym]);
+    // Code and length side by side: one lookup per symbol.
+    let mut table = [0u32; 256];
+    for (s, e) in table.iter_mut().enumerate().take(max_sym + 1) {
+        *e = codes[s] as u32 | (len[s] as u32) << 16;
+    }
     let mut streams: Vec<Vec<u8>> = vec![Vec::new(); STREAMS];
-    for (j, buf) in streams.iter_mut().enumerate() {
-        let mut w = BitWriter::new(buf, (bits / STREAMS as f64 * 1.05) as usize + 256);
-        let mut it = symbols.iter().skip(j).step_by(STREAMS);
-        loop {
-            let mut any = false;
-            for _ in 0..4 {
-                if let Some(&s) = it.next() {
-                    w.put(codes[s as usize] as u64, len[s as usize] as u32);
-                    any = true;
-                }
-            }
+    let cap = (bits / STREAMS as f64 * 1.05) as usize + 256;
+    let [s0, s1, s2, s3] = &mut streams[..] else {
+        unreachable!("four streams")
+    };
+    let mut ws = [s0, s1, s2, s3].map(|b| BitWriter::new(b, cap));
+    let put = |w: &mut BitWriter, s: u8| {
+        let e = table[s as usize];
+        w.put((e & 0xffff) as u64, e >> 16);
+    };
+    // 16 symbols: four per stream, at most 44 bits per stream between flushes.
+    let blocks = symbols.chunks_exact(4 * STREAMS);
+    let tail = blocks.remainder();
+    for b in blocks {
+        for (j, w) in ws.iter_mut().enumerate() {
+            put(w, b[j]);
+            put(w, b[j + STREAMS]);
+            put(w, b[j + 2 * STREAMS]);
+            put(w, b[j + 3 * STREAMS]);
             w.flush();
-            if !any {
-                break;
-            }
         }
+    }
+    for (i, &s) in tail.iter().enumerate() {
+        let w = &mut ws[i % STREAMS];
+        put(w, s);
+        w.flush();
+    }
+    for w in ws {
         w.finish();
     }
     for s in &streams[..STREAMS - 1] {
@@ -256,6 +279,10 @@ pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
             return Err(Error::corrupt("Huffman stream too short for its symbols"));
         }
     }
+    if n >= MULTI_MIN {
+        let rs = decode_multi(&t, &parts, out);
+        return check_ends(&rs, &parts);
+    }
     let [mut r0, mut r1, mut r2, mut r3] = parts.map(BitReader::new);
     const BLOCK: usize = 20; // 5 symbols per stream per refill: 55 <= 56 bits.
     let full = n / BLOCK * BLOCK;
@@ -278,6 +305,11 @@ pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
         r.refill();
         *o = t.step(r);
     }
+    check_ends(&rs, &parts)
+}
+
+/// Every stream must have been read exactly to its last byte.
+fn check_ends(rs: &[BitReader; STREAMS], parts: &[&[u8]; STREAMS]) -> Result<()> {
     for (r, p) in rs.iter().zip(parts.iter()) {
         if r.overrun() || r.position().div_ceil(8) != p.len() {
             return Err(Error::corrupt(
@@ -286,6 +318,90 @@ pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Symbol count from which [`decode_multi`] pays for building its table.
+const MULTI_MIN: usize = 8192;
+/// Most symbols one multi-symbol table entry holds.
+const MULTI: usize = 4;
+/// Lookups per refill (5 x 11 bits <= the 56 a refill guarantees).
+const LOOKUPS: usize = 5;
+
+/// Multi-symbol decode table: for every 11-bit window, the up to four whole codes it starts
+/// with, as `sym0 | sym1 << 8 | sym2 << 16 | sym3 << 24 | bits << 32 | count << 40`.
+fn multi_table(t: &DTable) -> Box<[u64; TABLE]> {
+    let mut m = Box::new([0u64; TABLE]);
+    for (w, e) in m.iter_mut().enumerate() {
+        let (mut bits, mut count, mut syms) = (0u64, 0u64, 0u64);
+        while (count as usize) < MULTI {
+            // Bits above the window are unknown (zero here): a code is whole only if it ends
+            // inside the window, and then those bits did not take part in its lookup.
+            let d = t.0[(w >> bits) & (TABLE - 1)];
+            let l = (d >> 8) as u64;
+            if bits + l > MAX_LEN as u64 {
+                break;
+            }
+            syms |= ((d & 0xff) as u64) << (8 * count);
+            bits += l;
+            count += 1;
+        }
+        *e = syms | bits << 32 | count << 40;
+    }
+    m
+}
+
+/// Decode with up to four symbols per lookup. Stream `j` owns positions `j, j + 4, ...`;
+/// each writes its next four positions on every lookup (the ones beyond what the entry held
+/// are rewritten by the stream's following lookups), so the fast loop runs only while every
+/// stream has more than a refill's worth of symbols and 8 readable bytes left; the tail goes
+/// one symbol at a time through [`BitReader`].
+fn decode_multi<'a>(
+    t: &DTable,
+    parts: &[&'a [u8]; STREAMS],
+    out: &mut [u8],
+) -> [BitReader<'a>; STREAMS] {
+    let m = multi_table(t);
+    let n = out.len();
+    let count = |j: usize| n / STREAMS + usize::from(j < n % STREAMS);
+    let ends: [usize; STREAMS] = std::array::from_fn(|j| j + STREAMS * count(j));
+    let mut pos: [usize; STREAMS] = [0, 1, 2, 3];
+    let mut bitpos = [0usize; STREAMS];
+    let margin = STREAMS * LOOKUPS * MULTI;
+    let o = out.as_mut_ptr();
+    while (0..STREAMS).all(|j| pos[j] + margin < ends[j] && bitpos[j] / 8 + 8 <= parts[j].len()) {
+        for j in 0..STREAMS {
+            let at = bitpos[j] / 8;
+            let word = u64::from_le_bytes(parts[j][at..at + 8].try_into().unwrap());
+            let mut window = word >> (bitpos[j] & 7);
+            let mut p = pos[j];
+            for _ in 0..LOOKUPS {
+                let e = m[(window & (TABLE as u64 - 1)) as usize];
+                // SAFETY: `p + 3 * STREAMS < pos[j] + margin < ends[j] <= n + STREAMS - 1`,
+                // and positions of stream j below `ends[j]` are below `n`.
+                unsafe {
+                    *o.add(p) = e as u8;
+                    *o.add(p + STREAMS) = (e >> 8) as u8;
+                    *o.add(p + 2 * STREAMS) = (e >> 16) as u8;
+                    *o.add(p + 3 * STREAMS) = (e >> 24) as u8;
+                }
+                let bits = (e >> 32) & 15;
+                window >>= bits;
+                bitpos[j] += bits as usize;
+                p += STREAMS * (e >> 40) as usize;
+            }
+            pos[j] = p;
+        }
+    }
+    std::array::from_fn(|j| {
+        let mut r = BitReader::at(parts[j], bitpos[j]);
+        let mut p = pos[j];
+        while p < ends[j] {
+            r.refill();
+            out[p] = t.step(&mut r);
+            p += STREAMS;
+        }
+        r
+    })
 }
 
 #[cfg(test)]
@@ -319,6 +435,10 @@ mod tests {
             vec![0, 1, 0, 0, 1],
             (0..=255u8).collect::<Vec<_>>(),
             (0..54_321u32).map(|i| (i % 7 * (i % 3)) as u8).collect(),
+            // Long and skewed: the multi-symbol path, with codes of 1 to 11 bits.
+            (0..100_003u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 20).trailing_zeros() as u8)
+                .collect(),
         ] {
             let mut body = Vec::new();
             encode(&symbols, &mut body);
