@@ -787,7 +787,9 @@ pub fn encode_ctx_period(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
     encode_ctx_shape(symbols, &shape, out)
 }
 
-fn encode_ctx_shape(symbols: &[u8], shape: &CtxShape, out: &mut Vec<u8>) {
+/// Encode `symbols` with the context coder in the given `shape` (as estimated by
+/// [`estimate_ctx`]).
+pub fn encode_ctx_shape(symbols: &[u8], shape: &CtxShape, out: &mut Vec<u8>) {
     let h = ctx_hists(symbols, shape);
     let (norms, _, _) = ctx_plan(&h, symbols.len());
     let log = norms

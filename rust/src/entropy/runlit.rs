@@ -1,0 +1,229 @@
+//! Long runs of any repeated symbol cut out of a chunk, the rest coded order-0.
+//!
+//! Quantized deltas often hold long runs of one symbol (the unused rows of an embedding matrix
+//! all get the same symbol). Coding every symbol of such a run costs at least a bit with
+//! Huffman and a table step with tANS; here a run costs a few bytes at encode and one `fill`
+//! at decode. Runs are found by testing only [`BLOCK`]-aligned blocks of [`BLOCK`] equal bytes
+//! (one 16-byte compare per block, so the scan runs at memory speed) and extending each hit
+//! both ways; a run therefore has at least [`BLOCK`] symbols, and runs shorter than
+//! `2 * BLOCK` may be missed (they stay literals).
+//!
+//! Body layout (the symbol count `n` comes from the enclosing chunk):
+//!
+//! ```text
+//! varint      number of runs r
+//! varint      byte length of the run list
+//! run list    r entries: varint gap (literals before the run), byte symbol,
+//!             varint (run length - BLOCK)
+//! literals    one chunk body (method byte + payload, see [`super::chunks`]) of the
+//!             n - sum(run lengths) remaining symbols, in order; never itself `RunLit`
+//! ```
+
+use super::chunks::{self, Method};
+use crate::error::{Error, Result};
+
+/// Shortest run cut out; runs are found through aligned blocks of this many equal bytes.
+pub const BLOCK: usize = 32;
+
+/// A run: `gap` literals, then `len` copies of `sym`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Literals between the previous run (or the start) and this one.
+    pub gap: usize,
+    /// The repeated symbol.
+    pub sym: u8,
+    /// Run length (at least [`BLOCK`]).
+    pub len: usize,
+}
+
+/// Runs of `symbols` (see the module docs) and the symbols outside them, in order.
+pub fn split(symbols: &[u8]) -> (Vec<Run>, Vec<u8>) {
+    let mut runs = Vec::new();
+    let mut lits = Vec::with_capacity(symbols.len());
+    let mut lit_start = 0usize;
+    let mut b = 0usize;
+    while b + BLOCK <= symbols.len() {
+        let s = symbols[b];
+        if !uniform(&symbols[b..b + BLOCK], s) {
+            b += BLOCK;
+            continue;
+        }
+        let mut start = b;
+        while start > lit_start && symbols[start - 1] == s {
+            start -= 1;
+        }
+        let end = b + BLOCK + run_length(&symbols[b + BLOCK..], s);
+        lits.extend_from_slice(&symbols[lit_start..start]);
+        runs.push(Run {
+            gap: start - lit_start,
+            sym: s,
+            len: end - start,
+        });
+        lit_start = end;
+        b = end.div_ceil(BLOCK) * BLOCK;
+    }
+    lits.extend_from_slice(&symbols[lit_start..]);
+    (runs, lits)
+}
+
+/// Whether every byte of `block` (`BLOCK` long) equals `s`.
+#[inline(always)]
+fn uniform(block: &[u8], s: u8) -> bool {
+    let pat = u128::from_ne_bytes([s; 16]);
+    block
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap()) == pat)
+}
+
+/// Length of the prefix of `rest` made of `s`, 16 bytes per compare.
+fn run_length(rest: &[u8], s: u8) -> usize {
+    let pat = u128::from_ne_bytes([s; 16]);
+    let mut i = 0;
+    for c in rest.chunks_exact(16) {
+        let x = u128::from_ne_bytes(c.try_into().unwrap()) ^ pat;
+        if x != 0 {
+            return i + (x.to_le().trailing_zeros() / 8) as usize;
+        }
+        i += 16;
+    }
+    i + rest[i..].iter().take_while(|&&c| c == s).count()
+}
+
+/// Bytes the run list of `runs` takes.
+pub fn list_bytes(runs: &[Run]) -> usize {
+    runs.iter()
+        .map(|r| varint_len(r.gap as u64) + 1 + varint_len((r.len - BLOCK) as u64))
+        .sum()
+}
+
+/// Encode `runs` and the literal chunk body `lit_body` (method byte first), appending to `out`.
+pub fn encode(runs: &[Run], lit_body: &[u8], out: &mut Vec<u8>) {
+    put_varint(out, runs.len() as u64);
+    put_varint(out, list_bytes(runs) as u64);
+    for r in runs {
+        put_varint(out, r.gap as u64);
+        out.push(r.sym);
+        put_varint(out, (r.len - BLOCK) as u64);
+    }
+    out.extend_from_slice(lit_body);
+}
+
+/// Decode a body written by [`encode`] into `out` (length = symbol count).
+pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
+    let mut at = 0usize;
+    let r = get_varint(body, &mut at)?;
+    let list_len = get_varint(body, &mut at)?;
+    let list_end = usize::try_from(list_len)
+        .ok()
+        .and_then(|l| at.checked_add(l))
+        .filter(|&e| e <= body.len())
+        .ok_or_else(|| Error::corrupt("run list past the end"))?;
+    // Every entry takes at least 3 bytes: a forged count cannot make us allocate.
+    if r.saturating_mul(3) > list_len {
+        return Err(Error::corrupt("run count too large for its list"));
+    }
+    let mut runs = Vec::with_capacity(r as usize);
+    let (mut lits, mut total) = (0usize, 0usize);
+    let list = &body[..list_end];
+    for _ in 0..r {
+        let gap = get_varint(list, &mut at)?;
+        let sym = *list
+            .get(at)
+            .ok_or_else(|| Error::corrupt("run list truncated"))?;
+        at += 1;
+        let len = get_varint(list, &mut at)?.saturating_add(BLOCK as u64);
+        let end = (total as u64).saturating_add(gap).saturating_add(len);
+        if end > out.len() as u64 {
+            return Err(Error::corrupt("runs cover more symbols than the chunk holds"));
+        }
+        total = end as usize;
+        lits += gap as usize;
+        runs.push(Run {
+            gap: gap as usize,
+            sym,
+            len: len as usize,
+        });
+    }
+    if at != list_end {
+        return Err(Error::corrupt("run list length does not match its entries"));
+    }
+    lits += out.len() - total;
+    expand(&runs, &body[list_end..], lits, out)
+}
+
+/// Decode the literal body into its place between the runs.
+fn expand(runs: &[Run], lit_body: &[u8], lits: usize, out: &mut [u8]) -> Result<()> {
+    if lit_body.first() == Some(&(Method::RunLit as u8)) {
+        return Err(Error::corrupt("run-split literals may not be run-split again"));
+    }
+    if runs.is_empty() {
+        return chunks::decode_chunk(lit_body, out);
+    }
+    let mut buf = vec![0u8; lits];
+    chunks::decode_chunk(lit_body, &mut buf)?;
+    let (mut o, mut l) = (0usize, 0usize);
+    for r in runs {
+        out[o..o + r.gap].copy_from_slice(&buf[l..l + r.gap]);
+        o += r.gap;
+        l += r.gap;
+        out[o..o + r.len].fill(r.sym);
+        o += r.len;
+    }
+    out[o..].copy_from_slice(&buf[l..]);
+    Ok(())
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(data: &[u8], at: &mut usize) -> Result<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *data
+            .get(*at)
+            .ok_or_else(|| Error::corrupt("varint truncated"))?;
+        *at += 1;
+        v |= ((b & 0x7f) as u64) << shift;
+        if b < 0x80 {
+            return Ok(v);
+        }
+    }
+    Err(Error::corrupt("varint longer than 64 bits"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_finds_long_runs_and_keeps_the_rest() {
+        let mut s: Vec<u8> = (0..100u32).map(|i| (i % 5) as u8).collect();
+        s.extend(std::iter::repeat_n(7u8, 1000));
+        s.extend((0..50u32).map(|i| (i % 3) as u8));
+        let (runs, lits) = split(&s);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].sym, 7);
+        assert!(runs[0].len >= 1000 && runs[0].len <= 1001);
+        assert_eq!(lits.len() + runs[0].len, s.len());
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut o = Vec::new();
+            put_varint(&mut o, v);
+            assert_eq!(o.len(), varint_len(v));
+            let mut at = 0;
+            assert_eq!(get_varint(&o, &mut at).unwrap(), v);
+        }
+    }
+}
