@@ -117,8 +117,9 @@ pub fn encode_auto(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
     if r.is_empty() {
         return encode_pick(symbols, pick_auto(symbols, period), period, out);
     }
-    let lp = pick_auto(&lits, 0);
-    let split_bits = 8.0 * runlit::list_bytes(&r) as f64 + lp.bits + 32.0;
+    let list = runlit::list(&r);
+    let (lp, rp) = (pick_auto(&lits, 0), pick_auto(&list, 0));
+    let split_bits = lp.bits + rp.bits + 64.0;
     if (lits.len() as f64) > (1.0 - RUN_SHARE) * symbols.len() as f64 {
         let whole = pick_auto(symbols, period);
         if whole.bits <= split_bits {
@@ -126,9 +127,16 @@ pub fn encode_auto(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
         }
     }
     out.push(Method::RunLit as u8);
-    let mut body = Vec::new();
-    encode_pick(&lits, lp, 0, &mut body);
-    runlit::encode(&r, &body, out);
+    encode_split(&r, &list, lp, rp, &lits, out);
+}
+
+/// The body of [`Method::RunLit`] for the runs `r` (list `list`) and literals `lits`, coded
+/// as picked (`lp`, `rp`).
+fn encode_split(r: &[runlit::Run], list: &[u8], lp: Pick, rp: Pick, lits: &[u8], out: &mut Vec<u8>) {
+    let (mut lb, mut rb) = (Vec::new(), Vec::new());
+    encode_pick(lits, lp, 0, &mut lb);
+    encode_pick(list, rp, 0, &mut rb);
+    runlit::encode(r.len(), list.len(), &rb, &lb, out);
 }
 
 /// The best method for `symbols` among all but [`Method::RunLit`], from estimates.
@@ -236,19 +244,17 @@ pub fn encode_chunk_with(symbols: &[u8], method: Method, period: usize, out: &mu
         Method::RunsHuffman => runs::encode(symbols, true, out),
         Method::CtxTans => tans::encode_ctx_period(symbols, period, out),
         Method::Lz77 => lz77::encode(symbols, out),
-        Method::RunLit => {
-            let (r, lits) = runlit::split(symbols);
-            encode_runlit(&r, &lits, out);
-        }
+        Method::RunLit => encode_runlit(symbols, out),
     }
 }
 
-/// The body of [`Method::RunLit`]: `runs`, then `lits` in the method Auto picks for them.
-/// The literals get no period context: the runs between them break the rows up.
-fn encode_runlit(r: &[runlit::Run], lits: &[u8], out: &mut Vec<u8>) {
-    let mut body = Vec::new();
-    encode_pick(lits, pick_auto(lits, 0), 0, &mut body);
-    runlit::encode(r, &body, out);
+/// The body of [`Method::RunLit`], both parts in the method Auto picks for them. The
+/// literals get no period context: the runs between them break the rows up.
+fn encode_runlit(symbols: &[u8], out: &mut Vec<u8>) {
+    let (r, lits) = runlit::split(symbols);
+    let list = runlit::list(&r);
+    let (lp, rp) = (pick_auto(&lits, 0), pick_auto(&list, 0));
+    encode_split(&r, &list, lp, rp, &lits, out);
 }
 
 /// Decode one chunk body written by [`encode_chunk`] into `out`.
@@ -284,7 +290,34 @@ pub fn decode_chunk(body: &[u8], out: &mut [u8]) -> Result<()> {
 
 /// Encode `symbols` as a chunk container, appending to `out`.
 pub fn encode(symbols: &[u8], coder: Coder, out: &mut Vec<u8>) -> Result<()> {
-    encode_sized(symbols, coder, CHUNK_SYMBOLS, out)
+    let chunk = if coder == Coder::Auto && mostly_runs(symbols) {
+        MAX_CHUNK_SYMBOLS
+    } else {
+        CHUNK_SYMBOLS
+    };
+    encode_sized(symbols, coder, chunk, out)
+}
+
+/// Distance between the blocks [`mostly_runs`] probes.
+const RUN_PROBE: usize = 1 << 12;
+/// Share of probed blocks that must be runs for a stream to get the largest chunks.
+const RUN_PROBE_SHARE: f64 = 0.9;
+
+/// Whether a long stream is almost all long runs (judged on one [`runlit::BLOCK`] every
+/// [`RUN_PROBE`] symbols). Such a stream codes to a few bytes per chunk, most of them chunk
+/// overhead, so it gets the largest chunks the format allows.
+fn mostly_runs(symbols: &[u8]) -> bool {
+    if symbols.len() < 2 * MAX_CHUNK_SYMBOLS {
+        return false;
+    }
+    let probes = symbols.len() / RUN_PROBE;
+    let hits = (0..probes)
+        .filter(|&i| {
+            let b = &symbols[i * RUN_PROBE..i * RUN_PROBE + runlit::BLOCK];
+            b.iter().all(|&x| x == b[0])
+        })
+        .count();
+    hits as f64 >= RUN_PROBE_SHARE * probes as f64
 }
 
 /// [`encode`] with an explicit chunk size (`1..=MAX_CHUNK_SYMBOLS`).

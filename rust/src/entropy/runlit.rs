@@ -12,12 +12,16 @@
 //!
 //! ```text
 //! varint      number of runs r
-//! varint      byte length of the run list
-//! run list    r entries: varint gap (literals before the run), byte symbol,
-//!             varint (run length - BLOCK)
-//! literals    one chunk body (method byte + payload, see [`super::chunks`]) of the
-//!             n - sum(run lengths) remaining symbols, in order; never itself `RunLit`
+//! varint      byte length m of the run list
+//! varint      byte length of the coded run list
+//! coded list  one chunk body (method byte + payload, see [`super::chunks`]) of the m bytes
+//!             of the run list: r entries of varint gap (literals before the run), byte
+//!             symbol, varint (run length - BLOCK)
+//! literals    one chunk body of the n - sum(run lengths) remaining symbols, in order
 //! ```
+//!
+//! Neither nested body may itself be `RunLit`. The run list is entropy coded because on
+//! streams that are almost all one symbol it is most of the output.
 
 use super::chunks::{self, Method};
 use crate::error::{Error, Result};
@@ -89,42 +93,67 @@ fn run_length(rest: &[u8], s: u8) -> usize {
     i + rest[i..].iter().take_while(|&&c| c == s).count()
 }
 
-/// Bytes the run list of `runs` takes.
-pub fn list_bytes(runs: &[Run]) -> usize {
-    runs.iter()
-        .map(|r| varint_len(r.gap as u64) + 1 + varint_len((r.len - BLOCK) as u64))
-        .sum()
+/// The run list of `runs` (entries as in the module docs).
+pub fn list(runs: &[Run]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * runs.len());
+    for r in runs {
+        put_varint(&mut out, r.gap as u64);
+        out.push(r.sym);
+        put_varint(&mut out, (r.len - BLOCK) as u64);
+    }
+    out
 }
 
-/// Encode `runs` and the literal chunk body `lit_body` (method byte first), appending to `out`.
-pub fn encode(runs: &[Run], lit_body: &[u8], out: &mut Vec<u8>) {
-    put_varint(out, runs.len() as u64);
-    put_varint(out, list_bytes(runs) as u64);
-    for r in runs {
-        put_varint(out, r.gap as u64);
-        out.push(r.sym);
-        put_varint(out, (r.len - BLOCK) as u64);
-    }
+/// Append a body: `runs` runs whose list of `list_len` bytes is coded as the chunk body
+/// `coded_list`, then the literal chunk body `lit_body` (method bytes first).
+pub fn encode(runs: usize, list_len: usize, coded_list: &[u8], lit_body: &[u8], out: &mut Vec<u8>) {
+    put_varint(out, runs as u64);
+    put_varint(out, list_len as u64);
+    put_varint(out, coded_list.len() as u64);
+    out.extend_from_slice(coded_list);
     out.extend_from_slice(lit_body);
 }
+
+/// Longest run list entry: two 10-byte varints and the symbol.
+const MAX_ENTRY: u64 = 21;
 
 /// Decode a body written by [`encode`] into `out` (length = symbol count).
 pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
     let mut at = 0usize;
     let r = get_varint(body, &mut at)?;
-    let list_len = get_varint(body, &mut at)?;
-    let list_end = usize::try_from(list_len)
+    let m = get_varint(body, &mut at)?;
+    let coded = get_varint(body, &mut at)?;
+    // Every run covers at least BLOCK symbols and every entry takes 3..=21 bytes: forged
+    // counts cannot make us allocate more than the chunk justifies.
+    if r.saturating_mul(BLOCK as u64) > out.len() as u64
+        || r.saturating_mul(3) > m
+        || m > r.saturating_mul(MAX_ENTRY)
+    {
+        return Err(Error::corrupt("run list size out of range"));
+    }
+    let list_end = usize::try_from(coded)
         .ok()
         .and_then(|l| at.checked_add(l))
         .filter(|&e| e <= body.len())
         .ok_or_else(|| Error::corrupt("run list past the end"))?;
-    // Every entry takes at least 3 bytes: a forged count cannot make us allocate.
-    if r.saturating_mul(3) > list_len {
-        return Err(Error::corrupt("run count too large for its list"));
+    let mut list = vec![0u8; m as usize];
+    nested(&body[at..list_end], &mut list)?;
+    let (runs, lits) = parse(&list, r as usize, out.len())?;
+    expand(&runs, &body[list_end..], lits, out)
+}
+
+/// Decode a nested chunk body (which may not be `RunLit` again).
+fn nested(body: &[u8], out: &mut [u8]) -> Result<()> {
+    if body.first() == Some(&(Method::RunLit as u8)) {
+        return Err(Error::corrupt("run-split parts may not be run-split again"));
     }
-    let mut runs = Vec::with_capacity(r as usize);
-    let (mut lits, mut total) = (0usize, 0usize);
-    let list = &body[..list_end];
+    chunks::decode_chunk(body, out)
+}
+
+/// The `r` runs of a run list and the number of literals, for a chunk of `n` symbols.
+fn parse(list: &[u8], r: usize, n: usize) -> Result<(Vec<Run>, usize)> {
+    let mut runs = Vec::with_capacity(r);
+    let (mut at, mut lits, mut total) = (0usize, 0usize, 0usize);
     for _ in 0..r {
         let gap = get_varint(list, &mut at)?;
         let sym = *list
@@ -133,7 +162,7 @@ pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
         at += 1;
         let len = get_varint(list, &mut at)?.saturating_add(BLOCK as u64);
         let end = (total as u64).saturating_add(gap).saturating_add(len);
-        if end > out.len() as u64 {
+        if end > n as u64 {
             return Err(Error::corrupt("runs cover more symbols than the chunk holds"));
         }
         total = end as usize;
@@ -144,23 +173,19 @@ pub fn decode(body: &[u8], out: &mut [u8]) -> Result<()> {
             len: len as usize,
         });
     }
-    if at != list_end {
+    if at != list.len() {
         return Err(Error::corrupt("run list length does not match its entries"));
     }
-    lits += out.len() - total;
-    expand(&runs, &body[list_end..], lits, out)
+    Ok((runs, lits + n - total))
 }
 
 /// Decode the literal body into its place between the runs.
 fn expand(runs: &[Run], lit_body: &[u8], lits: usize, out: &mut [u8]) -> Result<()> {
-    if lit_body.first() == Some(&(Method::RunLit as u8)) {
-        return Err(Error::corrupt("run-split literals may not be run-split again"));
-    }
     if runs.is_empty() {
-        return chunks::decode_chunk(lit_body, out);
+        return nested(lit_body, out);
     }
     let mut buf = vec![0u8; lits];
-    chunks::decode_chunk(lit_body, &mut buf)?;
+    nested(lit_body, &mut buf)?;
     let (mut o, mut l) = (0usize, 0usize);
     for r in runs {
         out[o..o + r.gap].copy_from_slice(&buf[l..l + r.gap]);
@@ -171,10 +196,6 @@ fn expand(runs: &[Run], lit_body: &[u8], lits: usize, out: &mut [u8]) -> Result<
     }
     out[o..].copy_from_slice(&buf[l..]);
     Ok(())
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -221,7 +242,6 @@ mod tests {
         for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
             let mut o = Vec::new();
             put_varint(&mut o, v);
-            assert_eq!(o.len(), varint_len(v));
             let mut at = 0;
             assert_eq!(get_varint(&o, &mut at).unwrap(), v);
         }
