@@ -106,8 +106,8 @@ struct Pick {
     shape: Option<tans::CtxShape>,
 }
 
-/// Runs must cover at least this share of a chunk for the split to be taken without
-/// estimating the whole chunk too.
+/// When runs cover at least this share of a chunk, the split is weighed against order-0
+/// coding of the whole chunk only (no context or zero-run estimates).
 const RUN_SHARE: f64 = 0.5;
 
 /// Code one chunk with [`Coder::Auto`]: cut its long runs out ([`runlit`]) when they cover
@@ -120,11 +120,13 @@ pub fn encode_auto(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
     let list = runlit::list(&r);
     let (lp, rp) = (pick_auto(&lits, 0), pick_auto(&list, 0));
     let split_bits = lp.bits + rp.bits + 64.0;
-    if (lits.len() as f64) > (1.0 - RUN_SHARE) * symbols.len() as f64 {
-        let whole = pick_auto(symbols, period);
-        if whole.bits <= split_bits {
-            return encode_pick(symbols, whole, period, out);
-        }
+    let whole = if (lits.len() as f64) > (1.0 - RUN_SHARE) * symbols.len() as f64 {
+        pick_auto(symbols, period)
+    } else {
+        pick_order0(symbols)
+    };
+    if whole.bits <= split_bits {
+        return encode_pick(symbols, whole, period, out);
     }
     out.push(Method::RunLit as u8);
     encode_split(&r, &list, lp, rp, &lits, out);
@@ -157,6 +159,22 @@ fn pick_auto(symbols: &[u8], period: usize) -> Pick {
         };
     }
     choose_auto(symbols, &hist, period)
+}
+
+/// The better of order-0 tANS and Huffman for `symbols` (two or more distinct symbols).
+fn pick_order0(symbols: &[u8]) -> Pick {
+    let hist = tans::histogram(symbols);
+    let (t, h) = (tans::plan(&hist).1, huffman::plan(&hist).1);
+    let (method, bits) = if t <= h {
+        (Method::Tans, t)
+    } else {
+        (Method::Huffman, h)
+    };
+    Pick {
+        method,
+        bits,
+        shape: None,
+    }
 }
 
 /// Encode one chunk (method byte and payload) as picked.
