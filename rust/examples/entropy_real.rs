@@ -151,7 +151,10 @@ fn compare(files: &[(String, Vec<u8>)]) {
     println!("| streams | symbols | auto bits/sym | zstd-19 | size ratio | auto enc MB/s | zstd-3 enc | enc ratio | auto dec MB/s | zstd-3 dec | dec ratio |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (label, set) in [
-        (format!("largest ({})", largest.0), vec![largest.1.as_slice()]),
+        (
+            format!("largest ({})", largest.0),
+            vec![largest.1.as_slice()],
+        ),
         ("all".to_string(), all),
     ] {
         compare_set(&label, &set);
@@ -193,7 +196,10 @@ fn compare_set(label: &str, set: &[&[u8]]) {
                 }
             });
             *t = t.min(d.0);
-            assert!(outs.iter().zip(set).all(|(o, s)| o == s), "round trip failed");
+            assert!(
+                outs.iter().zip(set).all(|(o, s)| o == s),
+                "round trip failed"
+            );
         }
     }
     let a: usize = ba.iter().map(|b| b.len()).sum();

@@ -74,7 +74,16 @@ fn round_trip_all(symbols: &[u8]) {
 fn every_method(symbols: &[u8]) {
     use chunks::Method::*;
     let max = symbols.iter().copied().max().unwrap_or(0);
-    for m in [Raw, Tans, Huffman, RunsTans, RunsHuffman, CtxTans, Lz77, RunLit] {
+    for m in [
+        Raw,
+        Tans,
+        Huffman,
+        RunsTans,
+        RunsHuffman,
+        CtxTans,
+        Lz77,
+        RunLit,
+    ] {
         if matches!(m, RunsTans | RunsHuffman) && (max > 216 || symbols.is_empty()) {
             continue;
         }
@@ -450,14 +459,23 @@ fn run_split_pays_on_runs_and_is_chosen() {
         runs.len()
     );
     let tans = entropy::encode(&v, Coder::Tans).unwrap();
-    assert!(blob.len() * 2 < tans.len(), "{} vs tans {}", blob.len(), tans.len());
+    assert!(
+        blob.len() * 2 < tans.len(),
+        "{} vs tans {}",
+        blob.len(),
+        tans.len()
+    );
     // Almost one symbol everywhere: a few bytes per run, no per-chunk table.
     let mut flat = vec![0u8; 1 << 22];
     for i in (0..flat.len()).step_by(50_000) {
         flat[i] = 1 + (i % 5) as u8;
     }
     let blob = entropy::encode(&flat, Coder::Auto).unwrap();
-    assert!(blob.len() < 1200, "near-constant stream took {} bytes", blob.len());
+    assert!(
+        blob.len() < 1200,
+        "near-constant stream took {} bytes",
+        blob.len()
+    );
     assert_eq!(entropy::decode(&blob).unwrap(), flat);
 }
 
@@ -474,13 +492,22 @@ fn forged_run_split_bodies_are_typed_errors() {
     forged.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f, 0x03, 0x00]);
     assert!(chunks::decode_chunk(&forged, &mut out).is_err());
     // Nested run-split bodies are refused (bounded recursion).
-    let mut nested = vec![chunks::Method::RunLit as u8, 0, 0, 1, chunks::Method::RunLit as u8];
+    let mut nested = vec![
+        chunks::Method::RunLit as u8,
+        0,
+        0,
+        1,
+        chunks::Method::RunLit as u8,
+    ];
     nested.push(chunks::Method::Raw as u8);
     assert!(chunks::decode_chunk(&nested, &mut out[..0]).is_err());
     // Every truncation of the header and run list is an error; cuts into the literal body are
     // left to its coder (a backward-read tANS tail may not notice), but never panic.
     // Method, 60 runs, a 233-byte list coded in 234 bytes (varints): literals from 240.
-    assert_eq!(body[..6], [chunks::Method::RunLit as u8, 60, 233, 1, 234, 1]);
+    assert_eq!(
+        body[..6],
+        [chunks::Method::RunLit as u8, 60, 233, 1, 234, 1]
+    );
     let lit_start = 6 + 234;
     for cut in 0..body.len() {
         let r = chunks::decode_chunk(&body[..cut], &mut out);

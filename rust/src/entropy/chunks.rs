@@ -109,6 +109,11 @@ struct Pick {
 /// When runs cover at least this share of a chunk, the split is weighed against order-0
 /// coding of the whole chunk only (no context or zero-run estimates).
 const RUN_SHARE: f64 = 0.5;
+/// The split is taken unless coding the whole chunk is estimated this much smaller.
+const RUN_BONUS: f64 = 1.25;
+/// ... and at least this many bits smaller (a near-constant chunk is a few bytes either way,
+/// but order-0 coding decodes it symbol by symbol).
+const RUN_SLACK_BITS: f64 = 256.0;
 
 /// Code one chunk with [`Coder::Auto`]: cut its long runs out ([`runlit`]) when they cover
 /// most of it, or when that is estimated smaller than the best whole-chunk method.
@@ -118,14 +123,21 @@ pub fn encode_auto(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
         return encode_pick(symbols, pick_auto(symbols, period), period, out);
     }
     let list = runlit::list(&r);
-    let (lp, rp) = (pick_auto(&lits, 0), pick_auto(&list, 0));
+    let lit_hist = tans::histogram(&lits);
+    let (lp, rp) = (pick_hist(&lits, &lit_hist, 0), pick_auto(&list, 0));
     let split_bits = lp.bits + rp.bits + 64.0;
     let whole = if (lits.len() as f64) > (1.0 - RUN_SHARE) * symbols.len() as f64 {
         pick_auto(symbols, period)
     } else {
-        pick_order0(symbols)
+        // The whole chunk's histogram is the literals' plus the runs'.
+        let mut hist = lit_hist;
+        for x in &r {
+            hist[x.sym as usize] += x.len as u32;
+        }
+        pick_order0(&hist)
     };
-    if whole.bits <= split_bits {
+    // The split decodes at memory speed over its runs: it wins near-ties.
+    if whole.bits * RUN_BONUS < split_bits && whole.bits + RUN_SLACK_BITS < split_bits {
         return encode_pick(symbols, whole, period, out);
     }
     out.push(Method::RunLit as u8);
@@ -134,7 +146,14 @@ pub fn encode_auto(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
 
 /// The body of [`Method::RunLit`] for the runs `r` (list `list`) and literals `lits`, coded
 /// as picked (`lp`, `rp`).
-fn encode_split(r: &[runlit::Run], list: &[u8], lp: Pick, rp: Pick, lits: &[u8], out: &mut Vec<u8>) {
+fn encode_split(
+    r: &[runlit::Run],
+    list: &[u8],
+    lp: Pick,
+    rp: Pick,
+    lits: &[u8],
+    out: &mut Vec<u8>,
+) {
     let (mut lb, mut rb) = (Vec::new(), Vec::new());
     encode_pick(lits, lp, 0, &mut lb);
     encode_pick(list, rp, 0, &mut rb);
@@ -143,6 +162,11 @@ fn encode_split(r: &[runlit::Run], list: &[u8], lp: Pick, rp: Pick, lits: &[u8],
 
 /// The best method for `symbols` among all but [`Method::RunLit`], from estimates.
 fn pick_auto(symbols: &[u8], period: usize) -> Pick {
+    pick_hist(symbols, &tans::histogram(symbols), period)
+}
+
+/// [`pick_auto`] given the histogram of `symbols`.
+fn pick_hist(symbols: &[u8], hist: &[u32; 256], period: usize) -> Pick {
     if symbols.is_empty() {
         return Pick {
             method: Method::Raw,
@@ -150,7 +174,6 @@ fn pick_auto(symbols: &[u8], period: usize) -> Pick {
             shape: None,
         };
     }
-    let hist = tans::histogram(symbols);
     if hist.iter().filter(|&&c| c > 0).count() <= 1 {
         return Pick {
             method: Method::Rle,
@@ -158,13 +181,12 @@ fn pick_auto(symbols: &[u8], period: usize) -> Pick {
             shape: None,
         };
     }
-    choose_auto(symbols, &hist, period)
+    choose_auto(symbols, hist, period)
 }
 
-/// The better of order-0 tANS and Huffman for `symbols` (two or more distinct symbols).
-fn pick_order0(symbols: &[u8]) -> Pick {
-    let hist = tans::histogram(symbols);
-    let (t, h) = (tans::plan(&hist).1, huffman::plan(&hist).1);
+/// The better of order-0 tANS and Huffman for a histogram of two or more distinct symbols.
+fn pick_order0(hist: &[u32; 256]) -> Pick {
+    let (t, h) = (tans::plan(hist).1, huffman::plan(hist).1);
     let (method, bits) = if t <= h {
         (Method::Tans, t)
     } else {

@@ -163,7 +163,9 @@ fn parse(list: &[u8], r: usize, n: usize) -> Result<(Vec<Run>, usize)> {
         let len = get_varint(list, &mut at)?.saturating_add(BLOCK as u64);
         let end = (total as u64).saturating_add(gap).saturating_add(len);
         if end > n as u64 {
-            return Err(Error::corrupt("runs cover more symbols than the chunk holds"));
+            return Err(Error::corrupt(
+                "runs cover more symbols than the chunk holds",
+            ));
         }
         total = end as usize;
         lits += gap as usize;
