@@ -1,6 +1,8 @@
-//! Code real LC symbol streams (one `.u8` file per tensor, as written by
-//! `benches/lc_streams.py`) with every coder, per tensor, and print the total size in
-//! bits/symbol with single-thread encode and decode throughput.
+//! Code real symbol streams (one `.u8` file per tensor, as written by `benches/lc_streams.py`
+//! and `benches/level_streams.py`) per tensor and print, for the largest stream and for all
+//! streams together, `auto`'s encode/decode throughput next to zstd -3's measured in the same
+//! run (interleaved, best of several) and its size next to zstd -19's. `ALL=1` adds the table
+//! of every coder (bits/symbol, single-thread throughput).
 //!
 //! ```text
 //! DELTACKPT_NUM_THREADS=1 cargo run --release -p deltackpt --example entropy_real -- /work/data/lc_minilm
@@ -46,6 +48,10 @@ fn main() {
         entropy_of(&hist) / n as f64,
         h_tensor / n as f64
     );
+    compare(&files);
+    if std::env::var("ALL").is_err() {
+        return;
+    }
     let coders: [(&str, Enc); 8] = [
         ("tans", |s, o| {
             entropy::encode_into(s, Coder::Tans, o).unwrap()
@@ -135,6 +141,82 @@ fn main() {
             println!("{name}: {} symbols auto {a} zstd-19 {}", f.len(), z.len());
         }
     }
+}
+
+/// `auto` against zstd -3 (speed, same run, interleaved) and zstd -19 (size), for the largest
+/// stream and for all streams.
+fn compare(files: &[(String, Vec<u8>)]) {
+    let largest = files.iter().max_by_key(|f| f.1.len()).unwrap();
+    let all: Vec<&[u8]> = files.iter().map(|f| f.1.as_slice()).collect();
+    println!("| streams | symbols | auto bits/sym | zstd-19 | size ratio | auto enc MB/s | zstd-3 enc | enc ratio | auto dec MB/s | zstd-3 dec | dec ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (label, set) in [
+        (
+            format!("largest ({})", largest.0),
+            vec![largest.1.as_slice()],
+        ),
+        ("all".to_string(), all),
+    ] {
+        compare_set(&label, &set);
+    }
+}
+
+fn compare_set(label: &str, set: &[&[u8]]) {
+    let n: usize = set.iter().map(|s| s.len()).sum();
+    let auto: Enc = |s, o| entropy::encode_into(s, Coder::Auto, o).unwrap();
+    let z3: Enc = |s, o| entropy::encode_zstd(s, 3, o).unwrap();
+    let enc_all = |e: Enc| -> Vec<Vec<u8>> {
+        set.iter()
+            .map(|s| {
+                let mut o = Vec::new();
+                e(s, &mut o);
+                o
+            })
+            .collect()
+    };
+    let z19: usize = set
+        .iter()
+        .map(|s| {
+            let mut o = Vec::new();
+            entropy::encode_zstd(s, 19, &mut o).unwrap();
+            o.len()
+        })
+        .sum();
+    let reps = (20_000_000 / n.max(1)).clamp(1, 200);
+    let (mut ea, mut ez, mut da, mut dz) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let (ba, bz) = (enc_all(auto), enc_all(z3));
+    let mut outs: Vec<Vec<u8>> = set.iter().map(|s| vec![0u8; s.len()]).collect();
+    for _ in 0..7 {
+        ea = ea.min(best(1, reps, || enc_all(auto)).0);
+        ez = ez.min(best(1, reps, || enc_all(z3)).0);
+        for (blobs, t) in [(&ba, &mut da), (&bz, &mut dz)] {
+            let d = best(1, reps, || {
+                for (b, o) in blobs.iter().zip(outs.iter_mut()) {
+                    entropy::decode_into(b, o).unwrap();
+                }
+            });
+            *t = t.min(d.0);
+            assert!(
+                outs.iter().zip(set).all(|(o, s)| o == s),
+                "round trip failed"
+            );
+        }
+    }
+    let a: usize = ba.iter().map(|b| b.len()).sum();
+    let bps = |b: usize| b as f64 * 8.0 / n as f64;
+    let mbs = |t: f64| n as f64 / t / 1e6;
+    println!(
+        "| {label} | {n} | {:.4} | {:.4} | {:.3} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} |",
+        bps(a),
+        bps(z19),
+        a as f64 / z19 as f64,
+        mbs(ea),
+        mbs(ez),
+        ez / ea,
+        mbs(da),
+        mbs(dz),
+        dz / da
+    );
 }
 
 /// CPU time of all threads of this process in seconds (Linux `schedstat`).

@@ -1,6 +1,6 @@
 //! Property tests of the entropy coders: round trips, size bounds, totality on bad input.
 
-use deltackpt::entropy::{self, chunks, simd, tans, Coder};
+use deltackpt::entropy::{self, chunks, runlit, simd, tans, Coder};
 use proptest::prelude::*;
 
 #[path = "../fuzz/fuzz_targets/bodies.rs"]
@@ -74,7 +74,16 @@ fn round_trip_all(symbols: &[u8]) {
 fn every_method(symbols: &[u8]) {
     use chunks::Method::*;
     let max = symbols.iter().copied().max().unwrap_or(0);
-    for m in [Raw, Tans, Huffman, RunsTans, RunsHuffman, CtxTans, Lz77] {
+    for m in [
+        Raw,
+        Tans,
+        Huffman,
+        RunsTans,
+        RunsHuffman,
+        CtxTans,
+        Lz77,
+        RunLit,
+    ] {
         if matches!(m, RunsTans | RunsHuffman) && (max > 216 || symbols.is_empty()) {
             continue;
         }
@@ -322,6 +331,7 @@ fn fuzz_bodies_survive_random_and_mutated_inputs() {
             chunks::Method::Huffman,
             chunks::Method::Lz77,
             chunks::Method::CtxTans,
+            chunks::Method::RunLit,
         ] {
             let mut b = (v.len() as u16).to_le_bytes().to_vec();
             chunks::encode_chunk(&v, m, &mut b);
@@ -354,6 +364,7 @@ fn fuzz_bodies_survive_random_and_mutated_inputs() {
         bodies::tans_decode(&input);
         bodies::huffman_decode(&input);
         bodies::lz77_decode(&input);
+        bodies::runlit_decode(&input);
     }
 }
 
@@ -389,4 +400,117 @@ fn period_context_is_found_and_pays() {
     let blob = entropy::encode(&v, Coder::Auto).unwrap();
     assert!(blob.len() < with_up.len() + 64);
     assert_eq!(entropy::decode(&blob).unwrap(), v);
+}
+
+/// Symbols with long runs of several symbols between stretches of noise (the shape of a
+/// quantized embedding matrix whose unused rows all got one symbol).
+fn runny(n: usize, run_share: f64, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let len = 1 + (r.next() % 400) as usize;
+        if r.unit() < run_share {
+            v.extend(std::iter::repeat_n((r.next() % 3) as u8, len));
+        } else {
+            v.extend((0..len).map(|_| (r.next() % 8) as u8));
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn run_split_streams_round_trip(
+        n in 0usize..40_000,
+        share in 0.0f64..1.0,
+        seed in any::<u64>(),
+    ) {
+        let v = runny(n, share, seed);
+        round_trip_all(&v);
+        every_method(&v);
+    }
+
+    #[test]
+    fn run_split_keeps_every_symbol(v in proptest::collection::vec(0u8..3, 0..5000)) {
+        let (runs, lits) = runlit::split(&v);
+        let covered: usize = runs.iter().map(|r| r.len).sum();
+        prop_assert_eq!(covered + lits.len(), v.len());
+        prop_assert!(runs.iter().all(|r| r.len >= runlit::BLOCK));
+    }
+}
+
+#[test]
+fn run_split_pays_on_runs_and_is_chosen() {
+    // 90% of the symbols in long runs: the runs must cost next to nothing, so auto lands
+    // near the order-0 cost of the noise alone.
+    let v = runny(1 << 20, 0.9, 7);
+    let (runs, lits) = runlit::split(&v);
+    let blob = entropy::encode(&v, Coder::Auto).unwrap();
+    let lit_bits = entropy_bits(&lits);
+    let run_bytes = 4.0 * runs.len() as f64;
+    assert!(
+        (blob.len() as f64) < (lit_bits / 8.0 + run_bytes) * 1.05 + 1000.0,
+        "auto took {} bytes for {} literal bits and {} runs",
+        blob.len(),
+        lit_bits,
+        runs.len()
+    );
+    let tans = entropy::encode(&v, Coder::Tans).unwrap();
+    assert!(
+        blob.len() * 2 < tans.len(),
+        "{} vs tans {}",
+        blob.len(),
+        tans.len()
+    );
+    // Almost one symbol everywhere: a few bytes per run, no per-chunk table.
+    let mut flat = vec![0u8; 1 << 22];
+    for i in (0..flat.len()).step_by(50_000) {
+        flat[i] = 1 + (i % 5) as u8;
+    }
+    let blob = entropy::encode(&flat, Coder::Auto).unwrap();
+    assert!(
+        blob.len() < 1200,
+        "near-constant stream took {} bytes",
+        blob.len()
+    );
+    assert_eq!(entropy::decode(&blob).unwrap(), flat);
+}
+
+#[test]
+fn forged_run_split_bodies_are_typed_errors() {
+    let v = runny(20_000, 0.8, 3);
+    let mut body = Vec::new();
+    chunks::encode_chunk(&v, chunks::Method::RunLit, &mut body);
+    let mut out = vec![0u8; v.len()];
+    chunks::decode_chunk(&body, &mut out).unwrap();
+    assert_eq!(out, v);
+    // Run count claiming more runs than the chunk could hold.
+    let mut forged = vec![chunks::Method::RunLit as u8];
+    forged.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f, 0x03, 0x00]);
+    assert!(chunks::decode_chunk(&forged, &mut out).is_err());
+    // Nested run-split bodies are refused (bounded recursion).
+    let mut nested = vec![
+        chunks::Method::RunLit as u8,
+        0,
+        0,
+        1,
+        chunks::Method::RunLit as u8,
+    ];
+    nested.push(chunks::Method::Raw as u8);
+    assert!(chunks::decode_chunk(&nested, &mut out[..0]).is_err());
+    // Every truncation of the header and run list is an error; cuts into the literal body are
+    // left to its coder (a backward-read tANS tail may not notice), but never panic.
+    // Method, 60 runs, a 233-byte list coded in 234 bytes (varints): literals from 240.
+    assert_eq!(
+        body[..6],
+        [chunks::Method::RunLit as u8, 60, 233, 1, 234, 1]
+    );
+    let lit_start = 6 + 234;
+    for cut in 0..body.len() {
+        let r = chunks::decode_chunk(&body[..cut], &mut out);
+        assert!(cut > lit_start + 1 || r.is_err(), "cut at {cut}");
+    }
 }

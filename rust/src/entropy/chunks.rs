@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::{huffman, lz77, runs, tans, Coder};
+use super::{huffman, lz77, runlit, runs, tans, Coder};
 use crate::error::{Error, Result};
 
 /// Symbols per chunk written by this version.
@@ -50,6 +50,8 @@ pub enum Method {
     CtxTans = 6,
     /// LZ77 ([`lz77`]).
     Lz77 = 7,
+    /// Long runs cut out, the other symbols in a nested chunk body ([`runlit`]).
+    RunLit = 8,
 }
 
 impl Method {
@@ -63,6 +65,7 @@ impl Method {
             5 => Method::RunsHuffman,
             6 => Method::CtxTans,
             7 => Method::Lz77,
+            8 => Method::RunLit,
             other => {
                 return Err(Error::Unsupported(format!(
                     "unknown chunk method {other}; written by a newer deltackpt?"
@@ -89,32 +92,154 @@ pub fn choose_with(symbols: &[u8], coder: Coder, period: usize) -> Method {
         Coder::Tans => Method::Tans,
         Coder::Huffman => Method::Huffman,
         Coder::Lz77 => Method::Lz77,
-        _ => choose_auto(symbols, &hist, period),
+        _ => choose_auto(symbols, &hist, period).method,
     }
 }
 
-fn choose_auto(symbols: &[u8], hist: &[u32; 256], period: usize) -> Method {
+/// A method picked from estimates: the method, its estimated bits, and for
+/// [`Method::CtxTans`] the context shape the estimate found (so the encoder need not
+/// estimate again).
+#[derive(Clone, Copy, Debug)]
+struct Pick {
+    method: Method,
+    bits: f64,
+    shape: Option<tans::CtxShape>,
+}
+
+/// When runs cover at least this share of a chunk, the split is weighed against order-0
+/// coding of the whole chunk only (no context or zero-run estimates).
+const RUN_SHARE: f64 = 0.5;
+/// The split is taken unless coding the whole chunk is estimated this much smaller.
+const RUN_BONUS: f64 = 1.25;
+/// ... and at least this many bits smaller (a near-constant chunk is a few bytes either way,
+/// but order-0 coding decodes it symbol by symbol).
+const RUN_SLACK_BITS: f64 = 256.0;
+
+/// Code one chunk with [`Coder::Auto`]: cut its long runs out ([`runlit`]) when they cover
+/// most of it, or when that is estimated smaller than the best whole-chunk method.
+pub fn encode_auto(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
+    let (r, lits) = runlit::split(symbols);
+    if r.is_empty() {
+        return encode_pick(symbols, pick_auto(symbols, period), period, out);
+    }
+    let list = runlit::list(&r);
+    let lit_hist = tans::histogram(&lits);
+    let (lp, rp) = (pick_hist(&lits, &lit_hist, 0), pick_auto(&list, 0));
+    let split_bits = lp.bits + rp.bits + 64.0;
+    let whole = if (lits.len() as f64) > (1.0 - RUN_SHARE) * symbols.len() as f64 {
+        pick_auto(symbols, period)
+    } else {
+        // The whole chunk's histogram is the literals' plus the runs'.
+        let mut hist = lit_hist;
+        for x in &r {
+            hist[x.sym as usize] += x.len as u32;
+        }
+        pick_order0(&hist)
+    };
+    // The split decodes at memory speed over its runs: it wins near-ties.
+    if whole.bits * RUN_BONUS < split_bits && whole.bits + RUN_SLACK_BITS < split_bits {
+        return encode_pick(symbols, whole, period, out);
+    }
+    out.push(Method::RunLit as u8);
+    encode_split(&r, &list, lp, rp, &lits, out);
+}
+
+/// The body of [`Method::RunLit`] for the runs `r` (list `list`) and literals `lits`, coded
+/// as picked (`lp`, `rp`).
+fn encode_split(
+    r: &[runlit::Run],
+    list: &[u8],
+    lp: Pick,
+    rp: Pick,
+    lits: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let (mut lb, mut rb) = (Vec::new(), Vec::new());
+    encode_pick(lits, lp, 0, &mut lb);
+    encode_pick(list, rp, 0, &mut rb);
+    runlit::encode(r.len(), list.len(), &rb, &lb, out);
+}
+
+/// The best method for `symbols` among all but [`Method::RunLit`], from estimates.
+fn pick_auto(symbols: &[u8], period: usize) -> Pick {
+    pick_hist(symbols, &tans::histogram(symbols), period)
+}
+
+/// [`pick_auto`] given the histogram of `symbols`.
+fn pick_hist(symbols: &[u8], hist: &[u32; 256], period: usize) -> Pick {
+    if symbols.is_empty() {
+        return Pick {
+            method: Method::Raw,
+            bits: 0.0,
+            shape: None,
+        };
+    }
+    if hist.iter().filter(|&&c| c > 0).count() <= 1 {
+        return Pick {
+            method: Method::Rle,
+            bits: 8.0,
+            shape: None,
+        };
+    }
+    choose_auto(symbols, hist, period)
+}
+
+/// The better of order-0 tANS and Huffman for a histogram of two or more distinct symbols.
+fn pick_order0(hist: &[u32; 256]) -> Pick {
+    let (t, h) = (tans::plan(hist).1, huffman::plan(hist).1);
+    let (method, bits) = if t <= h {
+        (Method::Tans, t)
+    } else {
+        (Method::Huffman, h)
+    };
+    Pick {
+        method,
+        bits,
+        shape: None,
+    }
+}
+
+/// Encode one chunk (method byte and payload) as picked.
+fn encode_pick(symbols: &[u8], p: Pick, period: usize, out: &mut Vec<u8>) {
+    match (p.method, p.shape) {
+        (Method::CtxTans, Some(shape)) => {
+            out.push(Method::CtxTans as u8);
+            tans::encode_ctx_shape(symbols, &shape, out);
+        }
+        (m, _) => encode_chunk_with(symbols, m, period, out),
+    }
+}
+
+fn choose_auto(symbols: &[u8], hist: &[u32; 256], period: usize) -> Pick {
     let n = symbols.len() as f64;
-    let mut best = (Method::Raw, n * 8.0);
-    let mut consider = |m: Method, bits: f64| {
-        if bits < best.1 {
-            best = (m, bits);
+    let mut best = Pick {
+        method: Method::Raw,
+        bits: n * 8.0,
+        shape: None,
+    };
+    let mut consider = |method: Method, bits: f64, shape| {
+        if bits < best.bits {
+            best = Pick {
+                method,
+                bits,
+                shape,
+            };
         }
     };
-    consider(Method::Tans, tans::plan(hist).1);
-    consider(Method::Huffman, huffman::plan(hist).1);
+    consider(Method::Tans, tans::plan(hist).1, None);
+    consider(Method::Huffman, huffman::plan(hist).1, None);
     if runs_may_pay(symbols) {
         if let Some(est) = runs::estimate(symbols, hist) {
-            consider(Method::RunsTans, est.tans_bits);
-            consider(Method::RunsHuffman, est.huffman_bits);
+            consider(Method::RunsTans, est.tans_bits, None);
+            consider(Method::RunsHuffman, est.huffman_bits, None);
         }
     }
-    if let Some((_, bits)) = tans::estimate_ctx(symbols, hist, period) {
+    if let Some((shape, bits)) = tans::estimate_ctx(symbols, hist, period) {
         // The context coder decodes at about half the speed of the others: it has to save
         // at least 1% to be worth it.
-        consider(Method::CtxTans, bits * CTX_PENALTY);
+        consider(Method::CtxTans, bits * CTX_PENALTY, Some(shape));
     }
-    best.0
+    best
 }
 
 /// Symbols sampled to decide whether zero-run tokens are worth estimating on a whole chunk.
@@ -159,7 +284,17 @@ pub fn encode_chunk_with(symbols: &[u8], method: Method, period: usize, out: &mu
         Method::RunsHuffman => runs::encode(symbols, true, out),
         Method::CtxTans => tans::encode_ctx_period(symbols, period, out),
         Method::Lz77 => lz77::encode(symbols, out),
+        Method::RunLit => encode_runlit(symbols, out),
     }
+}
+
+/// The body of [`Method::RunLit`], both parts in the method Auto picks for them. The
+/// literals get no period context: the runs between them break the rows up.
+fn encode_runlit(symbols: &[u8], out: &mut Vec<u8>) {
+    let (r, lits) = runlit::split(symbols);
+    let list = runlit::list(&r);
+    let (lp, rp) = (pick_auto(&lits, 0), pick_auto(&list, 0));
+    encode_split(&r, &list, lp, rp, &lits, out);
 }
 
 /// Decode one chunk body written by [`encode_chunk`] into `out`.
@@ -189,12 +324,40 @@ pub fn decode_chunk(body: &[u8], out: &mut [u8]) -> Result<()> {
         Method::RunsTans | Method::RunsHuffman => runs::decode(payload, out),
         Method::CtxTans => tans::decode_ctx(payload, out),
         Method::Lz77 => lz77::decode(payload, out),
+        Method::RunLit => runlit::decode(payload, out),
     }
 }
 
 /// Encode `symbols` as a chunk container, appending to `out`.
 pub fn encode(symbols: &[u8], coder: Coder, out: &mut Vec<u8>) -> Result<()> {
-    encode_sized(symbols, coder, CHUNK_SYMBOLS, out)
+    let chunk = if coder == Coder::Auto && mostly_runs(symbols) {
+        MAX_CHUNK_SYMBOLS
+    } else {
+        CHUNK_SYMBOLS
+    };
+    encode_sized(symbols, coder, chunk, out)
+}
+
+/// Distance between the blocks [`mostly_runs`] probes.
+const RUN_PROBE: usize = 1 << 12;
+/// Share of probed blocks that must be runs for a stream to get the largest chunks.
+const RUN_PROBE_SHARE: f64 = 0.9;
+
+/// Whether a long stream is almost all long runs (judged on one [`runlit::BLOCK`] every
+/// [`RUN_PROBE`] symbols). Such a stream codes to a few bytes per chunk, most of them chunk
+/// overhead, so it gets the largest chunks the format allows.
+fn mostly_runs(symbols: &[u8]) -> bool {
+    if symbols.len() < 2 * MAX_CHUNK_SYMBOLS {
+        return false;
+    }
+    let probes = symbols.len() / RUN_PROBE;
+    let hits = (0..probes)
+        .filter(|&i| {
+            let b = &symbols[i * RUN_PROBE..i * RUN_PROBE + runlit::BLOCK];
+            b.iter().all(|&x| x == b[0])
+        })
+        .count();
+    hits as f64 >= RUN_PROBE_SHARE * probes as f64
 }
 
 /// [`encode`] with an explicit chunk size (`1..=MAX_CHUNK_SYMBOLS`).
@@ -211,7 +374,11 @@ pub fn encode_sized(symbols: &[u8], coder: Coder, chunk: usize, out: &mut Vec<u8
     };
     let one = |c: &[u8]| {
         let mut v = Vec::new();
-        encode_chunk_with(c, choose_with(c, coder, period), period, &mut v);
+        if coder == Coder::Auto {
+            encode_auto(c, period, &mut v);
+        } else {
+            encode_chunk_with(c, choose_with(c, coder, period), period, &mut v);
+        }
         v
     };
     let bodies: Vec<Vec<u8>> = if symbols.len() <= chunk {

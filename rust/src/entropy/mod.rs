@@ -29,6 +29,7 @@ pub mod chunks;
 pub mod huffman;
 pub mod levels;
 pub mod lz77;
+pub mod runlit;
 pub mod runs;
 pub mod simd;
 pub mod tans;

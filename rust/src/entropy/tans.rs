@@ -611,19 +611,21 @@ fn ctx_hists(symbols: &[u8], shape: &CtxShape) -> Vec<[u32; 256]> {
     let c = shape.count();
     let (lm, um) = shape.maps();
     let p = shape.period;
+    // Rows as wide as the alphabet present (not 256), so that the tables of a small alphabet
+    // stay in L1 and a short chunk does not pay for zeroing and summing 256-wide rows.
+    let k = symbols.iter().copied().max().unwrap_or(0) as usize + 1;
     // One flat table per lane, the four lanes counted in lock step, so that the increments of
     // a dominant (context, symbol) pair do not form one long store-to-load chain.
-    let mut t = vec![0u32; LANES * c * 256];
-    let (t01, t23) = t.split_at_mut(2 * c * 256);
-    let (t0, t1) = t01.split_at_mut(c * 256);
-    let (t2, t3) = t23.split_at_mut(c * 256);
+    let mut t = vec![0u32; LANES * c * k];
+    let (t01, t23) = t.split_at_mut(2 * c * k);
+    let (t0, t1) = t01.split_at_mut(c * k);
+    let (t2, t3) = t23.split_at_mut(c * k);
     let n = symbols.len();
     let q = n / LANES;
     let [l0, l1, l2, l3] = lanes(n).map(|r| &symbols[r]);
     let mut prev = [0u8; LANES];
-    let idx = |prev: u8, up: u8, s: u8| {
-        ((lm[prev as usize] + um[up as usize]) as usize) << 8 | s as usize
-    };
+    let idx =
+        |prev: u8, up: u8, s: u8| (lm[prev as usize] + um[up as usize]) as usize * k + s as usize;
     for r in 0..q {
         let up = |l: &[u8]| if p > 0 && r >= p { l[r - p] } else { 0 };
         let (s0, s1, s2, s3) = (l0[r], l1[r], l2[r], l3[r]);
@@ -640,8 +642,8 @@ fn ctx_hists(symbols: &[u8], shape: &CtxShape) -> Vec<[u32; 256]> {
     }
     let mut h = vec![[0u32; 256]; c];
     for (ci, hc) in h.iter_mut().enumerate() {
-        for (s, v) in hc.iter_mut().enumerate() {
-            let i = ci << 8 | s;
+        for (s, v) in hc[..k].iter_mut().enumerate() {
+            let i = ci * k + s;
             *v = t0[i] + t1[i] + t2[i] + t3[i];
         }
     }
@@ -705,10 +707,7 @@ pub fn detect_period(symbols: &[u8], total: usize) -> usize {
             / (sample.len() - p) as f64
     };
     let mut best = (f64::INFINITY, 0);
-    for p in 2..=MAX_PERIOD.min(sample.len() / 4) {
-        if total % p != 0 {
-            continue;
-        }
+    for p in period_candidates(sample, total) {
         let bits = cond(p);
         if bits < best.0 {
             best = (bits, p);
@@ -719,6 +718,34 @@ pub fn detect_period(symbols: &[u8], total: usize) -> usize {
         return 0;
     }
     best.1
+}
+
+/// Periods screened cheaply before their conditional entropy is measured.
+const PERIOD_SCREEN: usize = 1 << 10;
+/// Candidates kept after screening.
+const PERIOD_KEEP: usize = 4;
+
+/// The divisors `p` of `total` (`2..=MAX_PERIOD`, at most a quarter of the sample) whose
+/// symbol `p` back most often equals the next one on the sample's start: one compare per
+/// symbol screens a divisor, where measuring its conditional entropy costs a histogram.
+fn period_candidates(sample: &[u8], total: usize) -> Vec<usize> {
+    let screen = &sample[..sample.len().min(PERIOD_SCREEN + MAX_PERIOD)];
+    let mut scored: Vec<(usize, usize)> = (2..=MAX_PERIOD.min(sample.len() / 4))
+        .filter(|&p| total % p == 0 && p < screen.len())
+        .map(|p| {
+            let m = screen.len().min(p + PERIOD_SCREEN);
+            let hits = screen[p..m]
+                .iter()
+                .zip(&screen[..m - p])
+                .filter(|(a, b)| a == b)
+                .count();
+            // Agreement rate, scaled to compare windows of different lengths.
+            (hits * PERIOD_SCREEN / (m - p), p)
+        })
+        .collect();
+    scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.truncate(PERIOD_KEEP);
+    scored.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Best context shape for `symbols` given a candidate period (0 = none) and its estimated
@@ -787,7 +814,9 @@ pub fn encode_ctx_period(symbols: &[u8], period: usize, out: &mut Vec<u8>) {
     encode_ctx_shape(symbols, &shape, out)
 }
 
-fn encode_ctx_shape(symbols: &[u8], shape: &CtxShape, out: &mut Vec<u8>) {
+/// Encode `symbols` with the context coder in the given `shape` (as estimated by
+/// [`estimate_ctx`]).
+pub fn encode_ctx_shape(symbols: &[u8], shape: &CtxShape, out: &mut Vec<u8>) {
     let h = ctx_hists(symbols, shape);
     let (norms, _, _) = ctx_plan(&h, symbols.len());
     let log = norms
