@@ -277,7 +277,7 @@ fn worker(steps: &[Step<'_>], dtype: DType, shared: &Shared<'_>) {
 
 /// `torch.clamp_(min=0)` on little-endian `dtype` elements: negatives (not `-0.0`, not NaN)
 /// become `+0.0`.
-pub(crate) fn clamp0(dtype: DType, bytes: &mut [u8]) {
+pub fn clamp0(dtype: DType, bytes: &mut [u8]) {
     match dtype {
         DType::F32 => {
             for c in bytes.chunks_exact_mut(4) {
