@@ -600,16 +600,38 @@ fn decode_chunk<E: Elem>(
 ) -> Result<()> {
     let (tok_stream, extra) = split_chunk(chunk)?;
     let n = out.len() / E::SIZE;
-    let mut tokens = entropy::try_alloc(n)?;
-    entropy::decode_into(tok_stream, &mut tokens)?;
-    match plan.bound {
+    let mut tokens = token_scratch(n)?;
+    let done = entropy::decode_into(tok_stream, &mut tokens).and_then(|_| match plan.bound {
         Bound::Pointwise(_) => {
             kernels::decode_key_chunk::<E>(&tokens, extra, plan.tokens, r, plan.step as u64, out)
         }
         _ => {
             kernels::decode_grid_chunk::<E>(&tokens, extra, plan.tokens, r, &grid_of(plan, v), out)
         }
+    });
+    TOKENS.with(|c| c.set(tokens));
+    done
+}
+
+thread_local! {
+    /// A decoder's token buffer, reused chunk after chunk: a fresh chunk-sized allocation
+    /// per chunk cost page faults (measured in the restore profile, BENCHMARKS.md §8).
+    static TOKENS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's token buffer, `n` bytes (at most a chunk; a failed allocation is
+/// [`Error::Corrupt`], as for [`entropy::try_alloc`]). Its old contents are overwritten by
+/// the stream decode, whose length check comes first.
+fn token_scratch(n: usize) -> Result<Vec<u8>> {
+    let mut v = TOKENS.with(|c| c.take());
+    if v.len() < n {
+        v.clear();
+        v.try_reserve_exact(n)
+            .map_err(|_| Error::corrupt(format!("a chunk of {n} tokens does not fit in memory")))?;
+        v.resize(n, 0);
     }
+    v.truncate(n);
+    Ok(v)
 }
 
 /// The token stream of a chunk (one token per element; checked before allocating).
