@@ -834,10 +834,14 @@ pub(crate) fn decode_grid_chunk<E: Elem>(
     let mut escapes = Vec::new();
     let done = levels_of::<E>(tokens, extra, tk, &mut q, &mut escapes);
     if done.is_ok() {
-        load_ref::<E>(r, Some(out), &mut rr);
         let uniform = fill_steps::<E>(grid, &mut steps);
-        apply_levels::<E>(&rr, &q, &steps, uniform, &mut y);
-        E::store_all(&y, out);
+        if matches!(r, RefSrc::Out) {
+            apply_in_place::<E>(&q, &steps, uniform, (&mut rr, &mut y), out);
+        } else {
+            load_ref::<E>(r, Some(out), &mut rr);
+            apply_levels::<E>(&rr, &q, &steps, uniform, &mut y);
+            E::store_all(&y, out);
+        }
         for (i, raw) in &escapes {
             E::put_bits(*raw, &mut out[i * E::SIZE..]);
         }
@@ -847,6 +851,37 @@ pub(crate) fn decode_grid_chunk<E: Elem>(
     give::<E::W>(3, steps);
     LANES_I32.with(|c| c.set(q));
     done
+}
+
+/// Elements [`apply_in_place`] skips at a time when all their levels are 0.
+const SKIP_BLOCK: usize = 256;
+
+/// [`apply_levels`] on `out` in place, block by block, leaving alone the blocks whose levels
+/// are all 0: their reconstruction is the reference itself ([`recon`]), and a load and store
+/// of the dtype round-trips exactly, so the bytes are those of the whole-lane path.
+fn apply_in_place<E: Elem>(
+    q: &[i32],
+    steps: &[E::W],
+    uniform: Option<E::W>,
+    (rr, y): (&mut [E::W], &mut [E::W]),
+    out: &mut [u8],
+) {
+    for lo in (0..q.len()).step_by(SKIP_BLOCK) {
+        let hi = (lo + SKIP_BLOCK).min(q.len());
+        if q[lo..hi].iter().fold(0, |a, &v| a | v) == 0 {
+            continue;
+        }
+        let bytes = &mut out[lo * E::SIZE..hi * E::SIZE];
+        E::load_all(bytes, &mut rr[lo..hi]);
+        apply_levels::<E>(
+            &rr[lo..hi],
+            &q[lo..hi],
+            &steps[lo..hi],
+            uniform,
+            &mut y[lo..hi],
+        );
+        E::store_all(&y[lo..hi], bytes);
+    }
 }
 
 lane_loop! {
