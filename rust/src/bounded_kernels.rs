@@ -765,8 +765,8 @@ fn levels_of<E: Elem>(
             i = end;
             continue;
         }
-        for j in i..end {
-            other_level::<E>(tokens[j], j, tk, &mut bits, q, escapes)?;
+        for (j, &t) in tokens.iter().enumerate().take(end).skip(i) {
+            other_level::<E>(t, j, tk, &mut bits, q, escapes)?;
         }
         i = end;
     }
