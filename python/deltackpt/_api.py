@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._tensors import Raw, check_reference, from_raw, is_torch, out_raw, to_raw
+from ._tensors import Raw, check_reference, from_raw, is_torch, out_raw, to_raw, writable_host
 from .errors import CorruptDataError, InvalidArgumentError, ReferenceMismatchError
 
 QUANTIZERS = ("none", "exponent", "uniform", "lattice", "bounded")
@@ -249,6 +249,20 @@ def decode(
             f"reference is {ref.dtype} {tuple(ref.shape)} but the blob holds {dtype} {tuple(shape)}"
         )
     return from_raw(data, dtype, list(shape), tag, like=ref)
+
+
+def decode_chain(blobs: list[bytes], out: Any, clamp0: list[bool]) -> Any:
+    """Apply the delta ``blobs`` in order to ``out`` in place, in one pass over it: ``out``
+    holds the reference of the first blob and ends as :func:`decode` of the last, exactly as
+    ``decode(b, reference=out, out=out)`` blob after blob would leave it, each followed by
+    ``out.clamp_(min=0)`` where ``clamp0`` says so. Every blob's reference fingerprint is
+    checked; on an error ``out`` holds unspecified values."""
+    if not writable_host(out):
+        raise InvalidArgumentError("out must be a writable, contiguous CPU array or tensor")
+    raw = to_raw(out, "out")
+    blobs = [_blob_bytes(b) for b in blobs]
+    _core.decode_chain_update(blobs, [bool(c) for c in clamp0], raw.data, raw.dtype, raw.shape)
+    return out
 
 
 def inspect(blob: bytes) -> dict[str, Any]:

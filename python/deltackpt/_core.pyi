@@ -44,6 +44,13 @@ def decode_into(
     reference: npt.NDArray[np.uint8] | None = None,
     in_place: bool = False,
 ) -> tuple[str, list[int], int]: ...
+def decode_chain_update(
+    blobs: list[bytes],
+    clamp0: list[bool],
+    out: npt.NDArray[np.uint8],
+    dtype: str,
+    shape: list[int],
+) -> None: ...
 def codec_encode(symbols: npt.NDArray[np.uint8], coder: str = "tans") -> bytes: ...
 def codec_decode(blob: bytes) -> npt.NDArray[np.uint8]: ...
 def quant_exponent_f32(

@@ -502,18 +502,57 @@ pub(crate) fn decode(
         }
         _ => {}
     }
-    let plan = Plan {
-        bound: p.bound,
-        step: p.step,
-        theta: p.theta,
-        moment_hash: p.moment_hash,
-        tokens: p.tokens,
-    };
+    let plan = plan_of(&p);
     match dtype {
         DType::F32 => decode_typed::<F32E>(&plan, chunks, chunk_elems, base, moment, out),
         DType::F64 => decode_typed::<F64E>(&plan, chunks, chunk_elems, base, moment, out),
         DType::F16 => decode_typed::<F16E>(&plan, chunks, chunk_elems, base, moment, out),
         DType::BF16 => decode_typed::<Bf16E>(&plan, chunks, chunk_elems, base, moment, out),
+    }
+}
+
+fn plan_of(p: &BoundedParams) -> Plan {
+    Plan {
+        bound: p.bound,
+        step: p.step,
+        theta: p.theta,
+        moment_hash: p.moment_hash,
+        tokens: p.tokens,
+    }
+}
+
+/// One bounded blob (without a second moment) applied in place chunk by chunk: the fused
+/// chain restore ([`crate::chain`]) calls [`InPlace::apply`] on each chunk while it is in
+/// cache. Each chunk is decoded exactly as [`decode`] with [`Base::Out`] decodes it.
+pub(crate) struct InPlace {
+    dtype: DType,
+    plan: Plan,
+}
+
+impl InPlace {
+    /// The applier of a blob's parameters; a blob bounded by a second moment is refused.
+    pub(crate) fn new(dtype: DType, params: &[u8]) -> Result<Self> {
+        let p = read_params(params)?;
+        if p.bound.needs_moment() {
+            return Err(Error::ReferenceMismatch(
+                "this blob is bounded relative to a second moment: pass that tensor".into(),
+            ));
+        }
+        Ok(InPlace {
+            dtype,
+            plan: plan_of(&p),
+        })
+    }
+
+    /// Add chunk `chunk`'s decoded delta to `out` (the chunk's reference, in place).
+    pub(crate) fn apply(&self, chunk: &[u8], out: &mut [u8]) -> Result<()> {
+        let (plan, r) = (&self.plan, RefSrc::Out);
+        match self.dtype {
+            DType::F32 => decode_chunk::<F32E>(plan, chunk, r, None, out),
+            DType::F64 => decode_chunk::<F64E>(plan, chunk, r, None, out),
+            DType::F16 => decode_chunk::<F16E>(plan, chunk, r, None, out),
+            DType::BF16 => decode_chunk::<Bf16E>(plan, chunk, r, None, out),
+        }
     }
 }
 
@@ -561,16 +600,38 @@ fn decode_chunk<E: Elem>(
 ) -> Result<()> {
     let (tok_stream, extra) = split_chunk(chunk)?;
     let n = out.len() / E::SIZE;
-    let mut tokens = entropy::try_alloc(n)?;
-    entropy::decode_into(tok_stream, &mut tokens)?;
-    match plan.bound {
+    let mut tokens = token_scratch(n)?;
+    let done = entropy::decode_into(tok_stream, &mut tokens).and_then(|_| match plan.bound {
         Bound::Pointwise(_) => {
             kernels::decode_key_chunk::<E>(&tokens, extra, plan.tokens, r, plan.step as u64, out)
         }
         _ => {
             kernels::decode_grid_chunk::<E>(&tokens, extra, plan.tokens, r, &grid_of(plan, v), out)
         }
+    });
+    TOKENS.with(|c| c.set(tokens));
+    done
+}
+
+thread_local! {
+    /// A decoder's token buffer, reused chunk after chunk: a fresh chunk-sized allocation
+    /// per chunk cost page faults (measured in the restore profile, BENCHMARKS.md §8).
+    static TOKENS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's token buffer, `n` bytes (at most a chunk; a failed allocation is
+/// [`Error::Corrupt`], as for [`entropy::try_alloc`]). Its old contents are overwritten by
+/// the stream decode, whose length check comes first.
+fn token_scratch(n: usize) -> Result<Vec<u8>> {
+    let mut v = TOKENS.with(|c| c.take());
+    if v.len() < n {
+        v.clear();
+        v.try_reserve_exact(n)
+            .map_err(|_| Error::corrupt(format!("a chunk of {n} tokens does not fit in memory")))?;
+        v.resize(n, 0);
     }
+    v.truncate(n);
+    Ok(v)
 }
 
 /// The token stream of a chunk (one token per element; checked before allocating).

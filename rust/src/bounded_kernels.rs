@@ -756,22 +756,65 @@ fn levels_of<E: Elem>(
     escapes: &mut Vec<(usize, u64)>,
 ) -> Result<()> {
     let mut bits = BitReader::new(extra);
-    for (i, &t) in tokens.iter().enumerate() {
-        if (t as u64) < tk.direct() {
-            q[i] = levels::unzigzag(t as u64) as i32;
+    let mut i = 0;
+    while i < tokens.len() {
+        // Blocks of direct tokens (nearly every element of a training delta) in one
+        // branch-free loop the compiler vectorizes; a block with another token goes below.
+        let end = (i + LEVEL_BLOCK).min(tokens.len());
+        if direct_levels(&tokens[i..end], tk, &mut q[i..end]) {
+            i = end;
             continue;
         }
-        match tk.read_level(t, &mut bits) {
-            Some(Level::Value(v)) => q[i] = v as i32,
-            Some(Level::Escape) => {
-                q[i] = ESC;
-                escapes.push((i, levels::read_escape(E::SIZE as u32 * 8, &mut bits)));
-            }
-            None => return Err(Error::corrupt(format!("unknown level token {t}"))),
+        for (j, &t) in tokens.iter().enumerate().take(end).skip(i) {
+            other_level::<E>(t, j, tk, &mut bits, q, escapes)?;
         }
+        i = end;
     }
     if bits.overrun() {
         return Err(Error::corrupt("bounded extra bits truncated"));
+    }
+    Ok(())
+}
+
+/// Tokens [`levels_of`] checks at a time for the all-direct fast path.
+const LEVEL_BLOCK: usize = 64;
+
+/// `q = unzigzag(tokens)` when every token of the block is direct; `false` (and `q` untouched
+/// in meaning: the caller rewrites it) otherwise.
+#[inline(always)]
+fn direct_levels(tokens: &[u8], tk: Tokens, q: &mut [i32]) -> bool {
+    let max = tokens.iter().fold(0u8, |m, &t| m.max(t));
+    if max as u64 >= tk.direct() {
+        return false;
+    }
+    for (q, &t) in q.iter_mut().zip(tokens) {
+        let t = t as i32;
+        *q = (t >> 1) ^ -(t & 1);
+    }
+    true
+}
+
+/// The level of token `t` at element `i`, which may read extra bits or be an escape.
+#[inline(always)]
+fn other_level<E: Elem>(
+    t: u8,
+    i: usize,
+    tk: Tokens,
+    bits: &mut BitReader<'_>,
+    q: &mut [i32],
+    escapes: &mut Vec<(usize, u64)>,
+) -> Result<()> {
+    if (t as u64) < tk.direct() {
+        q[i] = levels::unzigzag(t as u64) as i32;
+        return Ok(());
+    }
+    match tk.read_level(t, bits) {
+        Some(Level::Value(v)) => q[i] = v as i32,
+        Some(Level::Escape) => {
+            q[i] = ESC;
+            escapes.push((i, levels::read_escape(E::SIZE as u32 * 8, bits)));
+        }
+        None => return Err(Error::corrupt(format!("unknown level token {t}"))),
     }
     Ok(())
 }
@@ -791,10 +834,14 @@ pub(crate) fn decode_grid_chunk<E: Elem>(
     let mut escapes = Vec::new();
     let done = levels_of::<E>(tokens, extra, tk, &mut q, &mut escapes);
     if done.is_ok() {
-        load_ref::<E>(r, Some(out), &mut rr);
         let uniform = fill_steps::<E>(grid, &mut steps);
-        apply_levels::<E>(&rr, &q, &steps, uniform, &mut y);
-        E::store_all(&y, out);
+        if matches!(r, RefSrc::Out) {
+            apply_in_place::<E>(&q, &steps, uniform, (&mut rr, &mut y), out);
+        } else {
+            load_ref::<E>(r, Some(out), &mut rr);
+            apply_levels::<E>(&rr, &q, &steps, uniform, &mut y);
+            E::store_all(&y, out);
+        }
         for (i, raw) in &escapes {
             E::put_bits(*raw, &mut out[i * E::SIZE..]);
         }
@@ -804,6 +851,37 @@ pub(crate) fn decode_grid_chunk<E: Elem>(
     give::<E::W>(3, steps);
     LANES_I32.with(|c| c.set(q));
     done
+}
+
+/// Elements [`apply_in_place`] skips at a time when all their levels are 0.
+const SKIP_BLOCK: usize = 256;
+
+/// [`apply_levels`] on `out` in place, block by block, leaving alone the blocks whose levels
+/// are all 0: their reconstruction is the reference itself ([`recon`]), and a load and store
+/// of the dtype round-trips exactly, so the bytes are those of the whole-lane path.
+fn apply_in_place<E: Elem>(
+    q: &[i32],
+    steps: &[E::W],
+    uniform: Option<E::W>,
+    (rr, y): (&mut [E::W], &mut [E::W]),
+    out: &mut [u8],
+) {
+    for lo in (0..q.len()).step_by(SKIP_BLOCK) {
+        let hi = (lo + SKIP_BLOCK).min(q.len());
+        if q[lo..hi].iter().fold(0, |a, &v| a | v) == 0 {
+            continue;
+        }
+        let bytes = &mut out[lo * E::SIZE..hi * E::SIZE];
+        E::load_all(bytes, &mut rr[lo..hi]);
+        apply_levels::<E>(
+            &rr[lo..hi],
+            &q[lo..hi],
+            &steps[lo..hi],
+            uniform,
+            &mut y[lo..hi],
+        );
+        E::store_all(&y[lo..hi], bytes);
+    }
 }
 
 lane_loop! {

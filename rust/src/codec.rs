@@ -720,7 +720,7 @@ pub fn decode_with(
 
 /// Refuse blobs whose chunks cannot hold the symbols they declare, before allocating the
 /// output (a forged shape would otherwise ask for any amount of memory).
-fn check_plausible(header: &Header, chunks: &[&[u8]]) -> Result<()> {
+pub(crate) fn check_plausible(header: &Header, chunks: &[&[u8]]) -> Result<()> {
     let stream_len = header.stream_len()? as usize;
     let per_chunk = header.chunk_elems as usize;
     for (i, c) in chunks.iter().enumerate() {
@@ -863,7 +863,11 @@ fn decode_parsed(
 
 /// The reference given matches the blob's: present exactly when the blob is a delta, of the
 /// tensor's size (`out_len` bytes), with the fingerprint the blob records.
-fn check_reference(header: &Header, reference: Option<&[u8]>, out_len: usize) -> Result<()> {
+pub(crate) fn check_reference(
+    header: &Header,
+    reference: Option<&[u8]>,
+    out_len: usize,
+) -> Result<()> {
     match (header.reference_hash, reference) {
         (None, Some(_)) => {
             return Err(Error::ReferenceMismatch(
@@ -904,17 +908,23 @@ fn decode_exponent(
     out: &mut [u8],
 ) -> Result<()> {
     let dtype = header.dtype;
+    let table = exponent_table(header)?;
+    if dtype == DType::F64 {
+        apply_chunks::<f64>(header, chunks, chunk_elems, &table, base, out)
+    } else {
+        apply_chunks::<f32>(header, chunks, chunk_elems, &table, base, out)
+    }
+}
+
+/// An exponent blob's table, refused when larger than its bit width allows.
+fn exponent_table(header: &Header) -> Result<Vec<f64>> {
     let table = header.table()?;
     if header.bits == 0 || header.bits > 8 || table.len() > (1usize << header.bits) - 1 {
         return Err(Error::corrupt(
             "exponent table larger than its bit width allows",
         ));
     }
-    if dtype == DType::F64 {
-        apply_chunks::<f64>(header, chunks, chunk_elems, &table, base, out)
-    } else {
-        apply_chunks::<f32>(header, chunks, chunk_elems, &table, base, out)
-    }
+    Ok(table)
 }
 
 fn apply_chunks<T: Work>(
@@ -933,15 +943,69 @@ fn apply_chunks<T: Work>(
     out.par_chunks_mut(chunk_bytes)
         .zip(chunks.par_iter())
         .enumerate()
-        .try_for_each(|(i, (o, c))| -> Result<()> {
-            let mut sym = try_take_scratch(&SCRATCH_SYM, o.len() / size)?;
+        .try_for_each(|(i, (o, c))| {
             let b = base.chunk(i, chunk_bytes, o.len());
-            let done = entropy::decode_into(c, &mut sym)
-                .and_then(|_| exponent::check_symbols(&sym, table.len()))
-                .map(|_| T::apply(dtype, &sym, &lut, b, o));
-            give_scratch(&SCRATCH_SYM, sym);
-            done
+            apply_chunk(dtype, c, table.len(), &lut, b, o)
         })
+}
+
+/// Decode one exponent chunk `c` and write `base + value` into `o`: the one per-chunk step
+/// of [`decode`], [`decode_update`] and the fused chain restore ([`ExpInPlace`]).
+fn apply_chunk<T: Work>(
+    dtype: DType,
+    c: &[u8],
+    table_len: usize,
+    lut: &[T; 256],
+    base: Base<'_>,
+    o: &mut [u8],
+) -> Result<()> {
+    let mut sym = try_take_scratch(&SCRATCH_SYM, o.len() / dtype.size())?;
+    let done = entropy::decode_into(c, &mut sym)
+        .and_then(|_| exponent::check_symbols(&sym, table_len))
+        .map(|_| T::apply(dtype, &sym, lut, base, o));
+    give_scratch(&SCRATCH_SYM, sym);
+    done
+}
+
+/// The lookup table of an exponent blob in its working precision.
+enum Lut {
+    F32(Box<[f32; 256]>),
+    F64(Box<[f64; 256]>),
+}
+
+/// One exponent blob applied in place chunk by chunk, for the fused chain restore
+/// ([`crate::chain`]): each chunk exactly as [`decode_update`] applies it.
+pub(crate) struct ExpInPlace {
+    dtype: DType,
+    table_len: usize,
+    lut: Lut,
+}
+
+impl ExpInPlace {
+    /// The applier of an exponent blob's header (its table checked as [`decode`] checks it).
+    pub(crate) fn new(header: &Header) -> Result<Self> {
+        let table = exponent_table(header)?;
+        let lut = if header.dtype == DType::F64 {
+            let t: Vec<f64> = table.iter().map(|&v| f64::from_f64(v)).collect();
+            Lut::F64(Box::new(exponent::lookup_table(&t)))
+        } else {
+            let t: Vec<f32> = table.iter().map(|&v| f32::from_f64(v)).collect();
+            Lut::F32(Box::new(exponent::lookup_table(&t)))
+        };
+        Ok(ExpInPlace {
+            dtype: header.dtype,
+            table_len: table.len(),
+            lut,
+        })
+    }
+
+    /// Add chunk `c`'s dequantized delta to `out` (the chunk's reference, in place).
+    pub(crate) fn apply(&self, c: &[u8], out: &mut [u8]) -> Result<()> {
+        match &self.lut {
+            Lut::F32(l) => apply_chunk(self.dtype, c, self.table_len, l, Base::Out, out),
+            Lut::F64(l) => apply_chunk(self.dtype, c, self.table_len, l, Base::Out, out),
+        }
+    }
 }
 
 fn decode_scalar(

@@ -23,6 +23,7 @@
 
 mod bounded;
 mod bounded_kernels;
+pub mod chain;
 pub mod codec;
 pub mod entropy;
 pub mod error;
@@ -36,6 +37,7 @@ mod scalar;
 mod target;
 
 pub use bounded::{BoundedParams, Measured};
+pub use chain::{decode_chain_update, ChainLink};
 pub use codec::{
     decode, decode_into, decode_into_with, decode_update, decode_update_with, decode_with,
     delta_histogram, encode, encode_reconstruct, encode_update, inspect, Decoded, EncodeOptions,

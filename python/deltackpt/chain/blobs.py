@@ -9,7 +9,7 @@ import concurrent.futures as cf
 import threading
 from typing import Any
 
-from .._api import decode
+from .._api import decode, decode_chain
 from .._tensors import writable_host
 from ..errors import CorruptDataError
 from ..store import Store
@@ -83,6 +83,20 @@ def apply_delta(x: Any, link: Link, cache: FileCache, moment: Any = None) -> Any
     out = x if writable_host(x) else None
     x = decode(blob(rec, entry, cache), reference=x, out=out, second_moment=moment)
     return clamp0(x) if nonneg else x
+
+
+def apply_deltas(x: Any, links: list[Link], cache: FileCache) -> Any:
+    """``x`` with the deltas of ``links`` (oldest first) applied: all in one pass over ``x``
+    (:func:`~deltackpt._api.decode_chain`, every delta of a chunk while it is in cache) when
+    ``x`` is a writable host buffer, else link by link. The fused path clamps as torch does,
+    so a numpy second moment (``np.maximum`` keeps ``-0.0`` for some dtypes, not others)
+    goes link by link."""
+    clamps = [nonneg for _, _, nonneg in links]
+    if not links or not writable_host(x) or (any(clamps) and not is_torch(x)):
+        for link in links:
+            x = apply_delta(x, link, cache)
+        return x
+    return decode_chain([blob(rec, entry, cache) for rec, entry, _ in links], x, clamps)
 
 
 def checked(x: Any, meta: dict[str, Any]) -> Any:

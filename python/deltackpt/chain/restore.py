@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CorruptDataError, DeltackptError, StepNotFoundError
-from .blobs import FileCache, Link, apply_delta, checked, exact_value
+from .blobs import FileCache, Link, apply_deltas, checked, exact_value
 from .lockstep import decode_lockstep, needs_lockstep
 from .records import MAX_DEPTH, RecId, Record, Records, Schema, record_name
 from .snapshot import rebuild
@@ -53,9 +53,7 @@ def decode_one(
         return checked(decode_lockstep(records, rec, [meta["path"]], cache)[meta["path"]], meta)
     first_rec, first, _ = links[-1]
     x = exact_value(first_rec, first, meta, cache, out)
-    for link in reversed(links[:-1]):
-        x = apply_delta(x, link, cache)
-    return checked(x, meta)
+    return checked(apply_deltas(x, links[-2::-1], cache), meta)
 
 
 def decode_tensors(

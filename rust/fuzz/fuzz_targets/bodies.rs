@@ -134,3 +134,43 @@ pub fn lossless_decode(data: &[u8]) {
         }
     }
 }
+
+/// `data` with its trailing 8-byte checksum recomputed, so that mutations reach the parser.
+fn resealed(data: &[u8]) -> Vec<u8> {
+    let body = &data[..data.len().saturating_sub(8)];
+    let mut sealed = body.to_vec();
+    sealed.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(body).to_le_bytes());
+    sealed
+}
+
+/// Fused chain restore (`decode_chain_update`) of two blobs, `data` = `len u32 | blob | blob`
+/// (each resealed): must return Ok or Err, never panic or hang, on a zero state of the first
+/// blob's dtype and shape (its fingerprints mismatch, so every chunk decoder is reached before
+/// the refusal), with and without clamps.
+pub fn chain_decode(data: &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let cut = (u32::from_le_bytes(*head) as usize).min(rest.len());
+    let (a, b) = (resealed(&rest[..cut]), resealed(&rest[cut..]));
+    let Ok(h) = deltackpt::inspect(&a) else {
+        return;
+    };
+    let Ok(n) = h.numel() else { return };
+    let bytes = (n as usize).saturating_mul(h.dtype.size());
+    if bytes > 1 << 20 {
+        return;
+    }
+    for clamp0 in [false, true] {
+        let links = [
+            deltackpt::ChainLink { blob: &a, clamp0 },
+            deltackpt::ChainLink {
+                blob: &b,
+                clamp0: !clamp0,
+            },
+        ];
+        let mut state = vec![0u8; bytes];
+        let _ = deltackpt::decode_chain_update(&links, h.dtype, &h.shape, &mut state);
+        let _ = deltackpt::decode_chain_update(&links[..1], h.dtype, &h.shape, &mut state);
+    }
+}

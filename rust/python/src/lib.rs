@@ -213,6 +213,37 @@ fn decode_into<'py>(
     Ok((h.dtype.name().to_string(), h.shape, h.tag))
 }
 
+/// Apply the delta `blobs` in order to `out` (a `dtype` tensor of `shape`, the first blob's
+/// reference) in one pass, clamping at 0 after the blobs whose `clamp0` is true.
+#[pyfunction]
+fn decode_chain_update<'py>(
+    py: Python<'py>,
+    blobs: Vec<Bound<'py, PyBytes>>,
+    clamp0: Vec<bool>,
+    mut out: PyReadwriteArray1<'py, u8>,
+    dtype: &str,
+    shape: Vec<u64>,
+) -> PyResult<()> {
+    if blobs.len() != clamp0.len() {
+        return Err(DkError(deltackpt::Error::invalid("one clamp flag per blob")).into());
+    }
+    let dtype = DType::from_name(dtype).map_err(DkError)?;
+    let links: Vec<deltackpt::ChainLink<'_>> = blobs
+        .iter()
+        .zip(&clamp0)
+        .map(|(b, &c)| deltackpt::ChainLink {
+            blob: b.as_bytes(),
+            clamp0: c,
+        })
+        .collect();
+    let out = out.as_slice_mut()?;
+    without_gil(py, || {
+        deltackpt::decode_chain_update(&links, dtype, &shape, out)
+    })?
+    .map_err(DkError)?;
+    Ok(())
+}
+
 #[pyfunction]
 #[pyo3(signature = (data, dtype, shape, reference=None))]
 fn delta_histogram<'py>(
@@ -504,6 +535,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(decode_into, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_chain_update, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(checksum128, m)?)?;
     m.add_function(wrap_pyfunction!(fingerprint, m)?)?;

@@ -1,0 +1,6 @@
+#![no_main]
+
+#[path = "bodies.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::chain_decode(data));
