@@ -99,7 +99,7 @@ PEAK = textwrap.dedent(
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
 
-    state = {{f"w{{i}}": torch.randn(1024, 1024) for i in range(16)}}  # 64 MiB
+    state = {{f"w{{i}}": torch.randn(2048, 2048) for i in range(16)}}  # 256 MiB
     open("/proc/self/clear_refs", "w").write("5")
     base = status("VmRSS")
     with dk.CheckpointChain({root!r}, anchor_every=3, async_save={background}) as chain:
@@ -107,16 +107,17 @@ PEAK = textwrap.dedent(
             for t in state.values():
                 t.mul_(1.0001).add_(1e-4)  # in place: no temporaries of the loop's own
             chain.save(step, state)
-    print(json.dumps((status("VmHWM") - base) / (64 << 20)))
+    print(json.dumps((status("VmHWM") - base) / (256 << 20)))
     """
 )
 
 
-@pytest.mark.parametrize(("background", "most"), [(False, 1.8), (True, 2.2)])
+@pytest.mark.parametrize(("background", "most"), [(False, 1.5), (True, 2.1)])
 def test_the_writer_peak_beyond_the_state(tmp_path: Path, background: bool, most: float) -> None:
-    """Peak RSS beyond the state over keyframe, steps and anchors (16 x 4 MiB): a synchronous
-    writer holds the reference and the coder's scratch (measured 1.55x), a background one
-    half a copy more (1.89x). Copying the state for every save, as before, measured 2.56x."""
+    """Peak RSS beyond the state over keyframe, steps and anchors (16 x 16 MiB): a synchronous
+    writer holds the reference and the coder's scratch (measured 1.16x), a background one
+    half a copy more (1.76x). Copying the state for every save, as before, measured 2.25x
+    (synchronous) and 2.26x (background) on this state."""
     from conftest import package_parent
 
     code = PEAK.format(py=package_parent(), root=str(tmp_path / "c"), background=background)
